@@ -1,0 +1,121 @@
+//! API keys. Only a MAC of each secret is stored; the API layer computes and compares MACs.
+
+use maasbox_types::{now_secs, ApiKey, Role, UserStatus};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::{Result, StoreError};
+
+const COLUMNS: &str = "k.id, k.user_id, u.username, k.name, k.allowed_models, k.expires_at, k.created_at, k.last_used_at";
+
+fn row_to_key(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let models: Option<String> = r.get(4)?;
+    Ok(ApiKey {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        username: r.get(2)?,
+        name: r.get(3)?,
+        allowed_models: models.and_then(|m| serde_json::from_str(&m).ok()),
+        expires_at: r.get(5)?,
+        created_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+    })
+}
+
+/// Fields of a new key.
+pub struct NewKey<'a> {
+    /// Key id.
+    pub id: &'a str,
+    /// Owner.
+    pub user_id: i64,
+    /// Label.
+    pub name: &'a str,
+    /// MAC of the secret.
+    pub secret_mac: &'a [u8],
+    /// Allowed models (`None` = all).
+    pub allowed_models: Option<&'a [String]>,
+    /// Expiry.
+    pub expires_at: Option<i64>,
+}
+
+/// Insert a key.
+pub fn create(conn: &Connection, k: &NewKey<'_>) -> Result<ApiKey> {
+    let models = k.allowed_models.map(|m| serde_json::to_string(m).unwrap_or_default());
+    conn.execute(
+        "INSERT INTO api_keys (id, user_id, name, secret_mac, allowed_models, expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![k.id, k.user_id, k.name, k.secret_mac, models, k.expires_at, now_secs()],
+    )?;
+    get(conn, k.id)
+}
+
+/// One live (not revoked) key.
+pub fn get(conn: &Connection, id: &str) -> Result<ApiKey> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1 AND k.revoked_at IS NULL"
+    ))?
+    .query_row([id], row_to_key)
+    .optional()?
+    .ok_or(StoreError::NotFound("API key"))
+}
+
+/// Live keys, of one user or of everyone.
+pub fn list(conn: &Connection, user_id: Option<i64>) -> Result<Vec<ApiKey>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.revoked_at IS NULL AND (?1 IS NULL OR k.user_id = ?1) ORDER BY k.created_at, k.id"
+    ))?;
+    let rows = st.query_map([user_id], row_to_key)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Revoke a key.
+pub fn revoke(conn: &Connection, id: &str) -> Result<ApiKey> {
+    let key = get(conn, id)?;
+    conn.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1", params![id, now_secs()])?;
+    Ok(key)
+}
+
+/// What authentication needs to know about a key: its MAC and its owner's standing.
+#[derive(Clone, Debug)]
+pub struct KeyAuth {
+    /// The key.
+    pub key: ApiKey,
+    /// MAC of the secret.
+    pub secret_mac: Vec<u8>,
+    /// Owner's role.
+    pub role: Role,
+    /// Owner's status.
+    pub status: UserStatus,
+    /// Owner must change password (keys still work; it only gates sessions).
+    pub must_change_password: bool,
+}
+
+/// Look a live key up for authentication.
+pub fn auth_lookup(conn: &Connection, id: &str) -> Result<Option<KeyAuth>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, k.secret_mac, u.role, u.status, u.must_change_password
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1 AND k.revoked_at IS NULL"
+        ))?
+        .query_row([id], |r| {
+            let role: String = r.get(9)?;
+            let status: String = r.get(10)?;
+            Ok(KeyAuth {
+                key: row_to_key(r)?,
+                secret_mac: r.get(8)?,
+                role: Role::parse(&role).unwrap_or(Role::User),
+                status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
+                must_change_password: r.get(11)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Record last use of several keys at once (batched by the API, not audited).
+pub fn touch(conn: &Connection, uses: &[(String, i64)]) -> Result<()> {
+    let mut st = conn.prepare_cached("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1")?;
+    for (id, at) in uses {
+        st.execute(params![id, at])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Embedded, versioned migrations. `PRAGMA user_version` holds the number of migrations applied;
+//! a database with a higher number came from a newer maasbox and is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+use crate::{Result, StoreError};
+
+/// Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: identity, keys, sessions, audit chain.
+    r#"
+    CREATE TABLE users (
+        id                   INTEGER PRIMARY KEY,
+        username             TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        display_name         TEXT NOT NULL DEFAULT '',
+        role                 TEXT NOT NULL CHECK (role IN ('admin','developer','user','auditor')),
+        status               TEXT NOT NULL CHECK (status IN ('active','disabled')),
+        password_hash        TEXT NOT NULL,
+        must_change_password INTEGER NOT NULL DEFAULT 0,
+        created_at           INTEGER NOT NULL,
+        updated_at           INTEGER NOT NULL,
+        last_login_at        INTEGER
+    );
+
+    CREATE TABLE sessions (
+        id                TEXT PRIMARY KEY,
+        user_id           INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        refresh_mac       BLOB NOT NULL,
+        created_at        INTEGER NOT NULL,
+        expires_at        INTEGER NOT NULL,
+        last_refreshed_at INTEGER NOT NULL,
+        revoked_at        INTEGER,
+        client_ip         TEXT,
+        user_agent        TEXT
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+
+    CREATE TABLE api_keys (
+        id             TEXT PRIMARY KEY,
+        user_id        INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name           TEXT NOT NULL,
+        secret_mac     BLOB NOT NULL,
+        allowed_models TEXT,
+        expires_at     INTEGER,
+        created_at     INTEGER NOT NULL,
+        last_used_at   INTEGER,
+        revoked_at     INTEGER
+    );
+    CREATE INDEX api_keys_user ON api_keys(user_id);
+
+    CREATE TABLE audit_events (
+        seq         INTEGER PRIMARY KEY,
+        ts_ms       INTEGER NOT NULL,
+        actor       TEXT NOT NULL,
+        auth_method TEXT NOT NULL,
+        key_id      TEXT,
+        client_ip   TEXT,
+        request_id  TEXT,
+        action      TEXT NOT NULL,
+        resource    TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        details     TEXT NOT NULL,
+        prev_hash   BLOB NOT NULL,
+        hash        BLOB NOT NULL
+    );
+    CREATE INDEX audit_ts ON audit_events(ts_ms);
+    CREATE INDEX audit_actor ON audit_events(actor);
+    CREATE INDEX audit_action ON audit_events(action);
+    CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+    CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+
+    CREATE TABLE audit_checkpoints (
+        seq        INTEGER PRIMARY KEY,
+        hash       BLOB NOT NULL,
+        ts_ms      INTEGER NOT NULL,
+        public_key TEXT NOT NULL,
+        signature  BLOB NOT NULL
+    );
+    CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+    CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring `conn` up to [`SCHEMA_VERSION`], one transaction per migration.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied database migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! maasbox-types: the vocabulary every other crate shares — roles and permissions, users, API
+//! keys, audit events, and the one table of error codes. No I/O lives here.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+mod error;
+pub use error::{ErrorCode, ErrorInfo};
+
+/// Seconds since the Unix epoch, the unit of every timestamp in the API.
+pub type UnixSeconds = i64;
+
+/// Current time in seconds since the Unix epoch.
+pub fn now_secs() -> UnixSeconds {
+    now_millis() / 1000
+}
+
+/// Current time in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A role decides what a user may do (see [`Role::allows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Inference, own keys, import models, create knowledge bases.
+    Developer,
+    /// Inference on granted models, own keys.
+    User,
+    /// Read audit and usage, verify and export the chain; no other change.
+    Auditor,
+}
+
+impl Role {
+    /// All roles, most powerful first.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Developer, Role::User, Role::Auditor];
+
+    /// The role's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// Parse a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether this role grants `p`. This table is the single source of truth for access.
+    pub fn allows(self, p: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Developer => matches!(p, OwnKeys | Inference | ModelsImport | KnowledgeCreate),
+            Role::User => matches!(p, OwnKeys | Inference),
+            Role::Auditor => matches!(p, AuditRead | AuditVerify | AuditExport | UsersRead | UsageRead),
+        }
+    }
+}
+
+/// Something a caller may be allowed to do. Every endpoint checks one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// List and read all users.
+    UsersRead,
+    /// Create, change, disable and delete users.
+    UsersManage,
+    /// Create, list and revoke one's own API keys.
+    OwnKeys,
+    /// List and revoke everyone's keys; create keys for others.
+    KeysManageAll,
+    /// Read audit events and statistics.
+    AuditRead,
+    /// Verify the audit chain.
+    AuditVerify,
+    /// Export the audit chain with a signed manifest.
+    AuditExport,
+    /// Call the OpenAI-compatible endpoints.
+    Inference,
+    /// Import models.
+    ModelsImport,
+    /// Create knowledge bases.
+    KnowledgeCreate,
+    /// Read usage of all users.
+    UsageRead,
+    /// Change appliance settings.
+    Settings,
+}
+
+/// Whether an account may sign in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    /// May sign in and use keys.
+    Active,
+    /// Sessions and keys are refused.
+    Disabled,
+}
+
+impl UserStatus {
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+}
+
+/// A user as the API shows it (never with the password hash).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    /// Numeric id.
+    pub id: i64,
+    /// Unique (case-insensitive) login name.
+    pub username: String,
+    /// Name shown in the UI.
+    pub display_name: String,
+    /// Role.
+    pub role: Role,
+    /// Active or disabled.
+    pub status: UserStatus,
+    /// The next action must be a password change.
+    pub must_change_password: bool,
+    /// Creation time (Unix seconds).
+    pub created_at: UnixSeconds,
+    /// Last change (Unix seconds).
+    pub updated_at: UnixSeconds,
+    /// Last successful login (Unix seconds).
+    pub last_login_at: Option<UnixSeconds>,
+}
+
+/// An API key's public description (the secret is shown once at creation and never stored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    /// The key id, the middle part of `mbx_<id>_<secret>`.
+    pub id: String,
+    /// Owner's user id.
+    pub user_id: i64,
+    /// Owner's username.
+    pub username: String,
+    /// Human label.
+    pub name: String,
+    /// Models this key may call; `None` means every model the owner may use.
+    pub allowed_models: Option<Vec<String>>,
+    /// Expiry (Unix seconds), if any.
+    pub expires_at: Option<UnixSeconds>,
+    /// Creation time.
+    pub created_at: UnixSeconds,
+    /// Last time the key authenticated a request (updated in the background, ~10 s lag).
+    pub last_used_at: Option<UnixSeconds>,
+}
+
+/// How a caller proved who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A session access token (JWT).
+    Session,
+    /// An API key.
+    ApiKey,
+    /// The owner token from the data directory, over loopback.
+    OwnerToken,
+    /// The first-run setup code.
+    SetupCode,
+    /// Username and password.
+    Password,
+    /// A refresh token.
+    RefreshToken,
+    /// A local command with direct access to the data directory (e.g. offline password reset).
+    Local,
+    /// The server itself.
+    System,
+    /// No credentials, or credentials that failed.
+    None,
+}
+
+impl AuthMethod {
+    /// The method as stored in the audit chain.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Session => "session",
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::OwnerToken => "owner_token",
+            AuthMethod::SetupCode => "setup_code",
+            AuthMethod::Password => "password",
+            AuthMethod::RefreshToken => "refresh_token",
+            AuthMethod::Local => "local",
+            AuthMethod::System => "system",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// An audit event before it joins the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewAuditEvent {
+    /// Who acted (username, `owner`, `system`, or the name attempted in a failed login).
+    pub actor: String,
+    /// How they authenticated.
+    pub auth_method: AuthMethod,
+    /// The API key used, if any.
+    pub key_id: Option<String>,
+    /// The client address.
+    pub client_ip: Option<String>,
+    /// The request id (`x-request-id`).
+    pub request_id: Option<String>,
+    /// Dotted action name, e.g. `user.create`, `auth.login`.
+    pub action: String,
+    /// What was acted on, e.g. `user:3`, `key:ab12…`.
+    pub resource: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// Structured details (never secrets).
+    pub details: serde_json::Value,
+}
+
+/// An audit event in the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    /// Sequence number, 1-based, gap-free.
+    pub seq: i64,
+    /// Time in Unix milliseconds.
+    pub ts_ms: i64,
+    /// Who acted.
+    pub actor: String,
+    /// How they authenticated.
+    pub auth_method: String,
+    /// API key id, if any.
+    pub key_id: Option<String>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Action name.
+    pub action: String,
+    /// Resource acted on.
+    pub resource: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// Structured details.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// Hash of the previous event (hex); 64 zeros for the first.
+    pub prev_hash: String,
+    /// SM3(prev_hash || canonical event), hex.
+    pub hash: String,
+}
+
+/// The result of walking the audit chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChainReport {
+    /// True when every link, hash and checkpoint checks out.
+    pub valid: bool,
+    /// Events examined.
+    pub events: i64,
+    /// Last sequence number seen.
+    pub last_seq: i64,
+    /// Hash of the last event (hex).
+    pub last_hash: String,
+    /// Signed checkpoints that verified.
+    pub checkpoints_verified: i64,
+    /// The first sequence number at which the chain is broken.
+    pub first_bad_seq: Option<i64>,
+    /// Why the chain is broken there.
+    pub reason: Option<String>,
+}
