@@ -1,0 +1,284 @@
+//! maasbox-api: the only crate that knows HTTP and OpenAI JSON.
+//!
+//! Entry points: [`AppState::open`] prepares the data directory, [`router`] builds the axum
+//! app, and [`serve`] runs it until a shutdown signal, then drains the audit writer. The
+//! headless `maasbox serve` and the desktop shell both call `serve`, so they cannot drift apart.
+//!
+//! The tower stack, outermost first: request id (set, then propagated to the response) →
+//! access log span → metrics → Host check → CORS (deny by default) → error normaliser → timeout
+//! → body limit → routes. Auth and audit are per handler: each handler takes a [`Principal`]
+//! and asks it for a permission.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub mod auth;
+pub mod config;
+pub mod error;
+mod logging;
+mod routes;
+pub mod state;
+
+pub use auth::Principal;
+pub use config::Config;
+pub use error::{ApiError, ApiResult};
+pub use logging::init_logging;
+pub use state::{AppState, Startup};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "maasbox", description = "Model-as-a-service in one box: platform API (/api/v1) and system endpoints."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Setup, login, sessions"),
+        (name = "users", description = "Accounts and roles"),
+        (name = "keys", description = "API keys"),
+        (name = "audit", description = "The SM3-chained audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let comps = openapi.components.get_or_insert_with(Default::default);
+        comps.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    }
+}
+
+/// The API routes and their OpenAPI document.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::auth::router())
+        .merge(routes::users::router())
+        .merge(routes::keys::router())
+        .merge(routes::audit::router())
+        .split_for_parts()
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api();
+    let system = [
+        ("/health", "Liveness, version, whether setup is needed"),
+        ("/health/db", "Database reachability and schema version"),
+        ("/health/engine", "Inference engine status"),
+        ("/metrics", "Prometheus metrics"),
+        ("/openapi.json", "This document"),
+        ("/docs", "Human-readable API docs, served offline"),
+    ];
+    for (path, summary) in system {
+        let op = utoipa::openapi::path::OperationBuilder::new()
+            .summary(Some(summary))
+            .tag("system")
+            .response("200", utoipa::openapi::ResponseBuilder::new().description("OK").build())
+            .build();
+        doc.paths.add_path_operation(path, vec![utoipa::openapi::HttpMethod::Get], op);
+    }
+    doc
+}
+
+/// The whole application with its middleware stack.
+pub fn router(state: AppState) -> Router {
+    let (api_routes, _) = api();
+    let doc = openapi();
+    let cfg = state.config().server.clone();
+    let request_id = HeaderName::from_static("x-request-id");
+
+    let app = Router::new()
+        .merge(api_routes)
+        .route("/health", get(routes::system::health))
+        .route("/health/db", get(routes::system::health_db))
+        .route("/health/engine", get(routes::system::health_engine))
+        .route("/metrics", get(routes::system::metrics_text))
+        .route("/openapi.json", get(move || std::future::ready(axum::Json(doc.clone()))))
+        .route("/docs", get(routes::system::docs))
+        .fallback(|| async { error::ApiError::new(maasbox_types::ErrorCode::UnknownRoute, "no such endpoint; see /openapi.json for the API") })
+        .layer(RequestBodyLimitLayer::new(cfg.body_limit_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(cfg.request_timeout_secs)))
+        .layer(middleware::from_fn(error::normalize_errors));
+
+    let app = match cors_layer(&cfg.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+
+    app.layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-request-id")])
+            .expose_headers([HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// DNS-rebinding guard: a loopback server only answers to loopback host names (plus configured
+/// ones); a LAN server answers to any.
+async fn check_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let cfg = &st.config().server;
+    if cfg.effective_bind().is_loopback() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().host().map(str::to_owned));
+        let ok = host.as_deref().map(strip_port).is_some_and(|h| {
+            let h = h.to_ascii_lowercase();
+            h == "localhost" || h == "127.0.0.1" || h == "[::1]" || h == cfg.bind.to_string() || cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(&h))
+        });
+        if !ok {
+            return ApiError::new(
+                maasbox_types::ErrorCode::BadHost,
+                "this server only answers to localhost; add the host name to server.allowed_hosts to allow it",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(end) = h.strip_prefix('[').and_then(|r| r.find(']')) {
+        return &h[..end + 2];
+    }
+    h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("maasbox_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::histogram!("maasbox_http_request_duration_seconds", "route" => route).record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("maasbox_http_request_duration_seconds".into()),
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .expect("static bucket list is non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (e.g. by an embedding app); then ours
+        // renders an empty page rather than failing startup.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Serve `state` on `listener` until `shutdown` resolves, then stop accepting, finish
+/// in-flight requests, record the stop in the audit chain and drain the writer.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    metrics_handle();
+    let addr = listener.local_addr()?;
+    state.audit_system("system.start", serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "addr": addr.to_string()})).await?;
+    let flusher = {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                st.flush_key_uses().await;
+            }
+        })
+    };
+    let app = router(state.clone());
+    tracing::info!(%addr, "maasbox listening");
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    flusher.abort();
+    state.flush_key_uses().await;
+    state.audit_system("system.stop", serde_json::json!({})).await?;
+    let store = state.store().clone();
+    tokio::task::spawn_blocking(move || store.shutdown()).await?;
+    tracing::info!("maasbox stopped; audit writer drained");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_are_stripped() {
+        assert_eq!(strip_port("localhost:8686"), "localhost");
+        assert_eq!(strip_port("[::1]:8686"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("127.0.0.1"), "127.0.0.1");
+    }
+}

@@ -1,0 +1,303 @@
+//! `maasbox`: the headless appliance (`maasbox serve`) and its admin CLI.
+//!
+//! The binary is thin: `serve` hands a listener to `maasbox_api::serve`; the admin commands are
+//! HTTP clients of a running server (so every change goes through the same permission checks and
+//! the audit chain); only `audit verify --offline` and `admin reset-password` open the data
+//! directory directly.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod client;
+mod offline;
+
+/// maasbox — model-as-a-service in one box.
+#[derive(Parser, Debug)]
+#[command(name = "maasbox", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (API, audit chain, and later inference and the UI).
+    Serve(ServeArgs),
+    /// Manage users (admin).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Verify and export the audit chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Offline recovery commands that work with the server stopped.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+/// Where configuration comes from (shared by `serve` and the offline commands).
+#[derive(Args, Debug, Clone, Default)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self, extra: Vec<(&'static str, toml::Value)>) -> anyhow::Result<maasbox_api::Config> {
+        let mut overrides = extra;
+        if let Some(d) = &self.data_dir {
+            overrides.push(("storage.data_dir", toml::Value::String(d.display().to_string())));
+        }
+        let cfg = maasbox_api::config::load(self.config.as_deref(), std::env::vars(), &overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Address to bind (default 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<IpAddr>,
+    /// Port (default 8686).
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// Share on the LAN (binds 0.0.0.0).
+    #[arg(long)]
+    lan: bool,
+    /// Log filter (e.g. `debug`).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+/// How the client commands reach the server.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "MAASBOX_URL", default_value = "http://127.0.0.1:8686", global = true)]
+    server: String,
+    /// API key or access token; without it the owner token in the data directory is used.
+    #[arg(long, env = "MAASBOX_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Create a user. Without --password-stdin a random password is generated and printed once.
+    Add {
+        /// Username.
+        username: String,
+        /// admin, developer, user or auditor.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Disable a user: their sessions and keys stop working at once.
+    Disable {
+        /// Username or id.
+        user: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// Username or id.
+        user: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Set a user's password (prompts, or --password-stdin).
+    Passwd {
+        /// Username or id.
+        user: String,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Delete a user and their keys.
+    Rm {
+        /// Username or id.
+        user: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create an API key; the secret is printed once.
+    Create {
+        /// Label.
+        #[arg(long)]
+        name: String,
+        /// Owner (username or id; admins only; default: yourself).
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated models the key may call.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Expire after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List keys (yours, or everyone's with --all).
+    List {
+        /// Every user's keys (admins).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id (the part after `mbx_`).
+        id: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Verify the chain: through the server, directly from the database (--offline), or an
+    /// exported file against its signed manifest (--file).
+    Verify {
+        /// Read the database in the data directory directly (works with the server stopped).
+        #[arg(long)]
+        offline: bool,
+        /// Verify an export made by `audit export` (its manifest is FILE.manifest.json).
+        #[arg(long, value_name = "FILE", conflicts_with = "offline")]
+        file: Option<PathBuf>,
+        /// SM2 public key (hex) the export must be signed with.
+        #[arg(long, value_name = "PUBKEY")]
+        trust: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Export the chain as JSON Lines plus a signed manifest (FILE.manifest.json).
+    Export {
+        /// Output file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// First sequence number.
+        #[arg(long)]
+        from_seq: Option<i64>,
+        /// Last sequence number.
+        #[arg(long)]
+        to_seq: Option<i64>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Reset a user's password with the server stopped (lockout recovery). Prints a temporary
+    /// password that must be changed at next login; re-enables the account. Audited.
+    ResetPassword {
+        /// Username.
+        user: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::User(cmd) => client::user(cmd).await,
+        Command::Key(cmd) => client::key(cmd).await,
+        Command::Audit(AuditCmd::Verify { offline: true, c, .. }) => offline::verify(&c.cfg, c.json),
+        Command::Audit(AuditCmd::Verify { file: Some(f), trust, c, .. }) => offline::verify_export(&f, trust.as_deref(), c.json),
+        Command::Audit(cmd) => client::audit(cmd).await,
+        Command::Admin(AdminCmd::ResetPassword { user, cfg }) => offline::reset_password(&cfg, &user),
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(b) = a.bind {
+        overrides.push(("server.bind", toml::Value::String(b.to_string())));
+    }
+    if let Some(p) = a.port {
+        overrides.push(("server.port", toml::Value::Integer(i64::from(p))));
+    }
+    if a.lan {
+        overrides.push(("server.lan", toml::Value::Boolean(true)));
+    }
+    if let Some(l) = a.log_level {
+        overrides.push(("log.level", toml::Value::String(l)));
+    }
+    let cfg = a.cfg.load(overrides)?;
+    let data_dir = maasbox_api::state::expand_home(&cfg.storage.data_dir);
+    maasbox_api::state::ensure_data_dir(&data_dir)?;
+    let _guard = maasbox_api::init_logging(&cfg.log, &data_dir)?;
+    let addr = std::net::SocketAddr::new(cfg.server.effective_bind(), cfg.server.port);
+    let (state, startup) = maasbox_api::AppState::open(cfg, maasbox_engine::EngineHandle::new())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    println!("maasbox {} listening on http://{local} (data: {})", env!("CARGO_PKG_VERSION"), startup.data_dir.display());
+    if let Some(code) = &startup.setup_code {
+        println!();
+        println!("maasbox has no users yet. One-time setup code: {code}");
+        println!("(also written to {}, readable only by you)", startup.setup_token_path.display());
+        println!("Create the first admin:");
+        println!(
+            "  curl -sX POST http://{local}/api/v1/auth/setup -H 'content-type: application/json' \\\n    -d '{{\"code\":\"{code}\",\"username\":\"admin\",\"password\":\"<a strong password>\"}}'"
+        );
+        println!();
+    }
+    maasbox_api::serve(listener, state, maasbox_api::shutdown_signal()).await
+}

@@ -160,7 +160,14 @@ pub fn sm4_gcm_open(key: &[u8], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Cr
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), CryptoError> {
     let io = |source| CryptoError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(io)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+            }
+        }
     }
     let tmp = path.with_extension("tmp");
     let mut opts = fs::OpenOptions::new();

@@ -204,3 +204,17 @@ pub(crate) fn conflict_on_unique(e: rusqlite::Error, msg: impl Into<String>) -> 
 
 #[cfg(test)]
 mod tests;
+
+/// Verify the audit chain of a database file directly, without starting a writer or running
+/// migrations (the offline `maasbox audit verify`). Safe while a server is running.
+pub fn verify_database(path: &Path, trusted: Option<&maasbox_crypto::Sm2PublicKey>) -> Result<maasbox_types::ChainReport> {
+    if !path.exists() {
+        return Err(StoreError::NotFound("database file"));
+    }
+    let conn = open_conn(path, true)?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    audit::verify(&conn, trusted)
+}

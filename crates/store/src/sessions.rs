@@ -56,18 +56,6 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>> {
         .optional()?)
 }
 
-/// Is the session usable right now (not revoked, not expired, owner active)?
-pub fn is_live(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.status = 'active'",
-        )?
-        .query_row(params![id, now_secs()], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
 /// Replace the refresh MAC if it is still `old_mac` (compare-and-swap inside the writer).
 pub fn rotate(conn: &Connection, id: &str, old_mac: &[u8], new_mac: &[u8], expires_at: i64) -> Result<()> {
     let n = conn.execute(
@@ -96,4 +84,19 @@ pub fn revoke_all_for_user(conn: &Connection, user_id: i64) -> Result<usize> {
         "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
         params![user_id, now_secs()],
     )?)
+}
+
+/// The owner of a live session (not revoked, not expired, owner active), if any.
+pub fn live_user(conn: &Connection, id: &str) -> Result<Option<maasbox_types::User>> {
+    let uid: Option<i64> = conn
+        .prepare_cached(
+            "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.status = 'active'",
+        )?
+        .query_row(params![id, now_secs()], |r| r.get(0))
+        .optional()?;
+    match uid {
+        Some(uid) => Ok(Some(crate::users::get(conn, uid)?)),
+        None => Ok(None),
+    }
 }

@@ -225,6 +225,40 @@ pub struct NewAuditEvent {
     pub details: serde_json::Value,
 }
 
+impl NewAuditEvent {
+    /// What was acted on.
+    pub fn on(mut self, resource: impl Into<String>) -> Self {
+        self.resource = resource.into();
+        self
+    }
+
+    /// Mark the event failed, with a machine-readable reason in the details.
+    pub fn failed(mut self, reason: &str) -> Self {
+        self.outcome = "failure".into();
+        self.details["reason"] = serde_json::Value::String(reason.into());
+        self
+    }
+
+    /// Mark the event denied (throttled or forbidden), with a reason.
+    pub fn denied(self, reason: &str) -> Self {
+        let mut ev = self.failed(reason);
+        ev.outcome = "denied".into();
+        ev
+    }
+
+    /// Replace the details.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The API key involved.
+    pub fn key(mut self, key_id: Option<String>) -> Self {
+        self.key_id = key_id;
+        self
+    }
+}
+
 /// An audit event in the chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {

@@ -1,0 +1,7 @@
+//! Route modules; each exports `router()` for its part of `/api/v1`.
+
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod keys;
+pub(crate) mod system;
+pub(crate) mod users;
