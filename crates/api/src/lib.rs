@@ -61,7 +61,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let comps = openapi.components.get_or_insert_with(Default::default);
-        comps.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        comps.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
         openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
     }
 }
@@ -91,9 +94,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         let op = utoipa::openapi::path::OperationBuilder::new()
             .summary(Some(summary))
             .tag("system")
-            .response("200", utoipa::openapi::ResponseBuilder::new().description("OK").build())
+            .response(
+                "200",
+                utoipa::openapi::ResponseBuilder::new()
+                    .description("OK")
+                    .build(),
+            )
             .build();
-        doc.paths.add_path_operation(path, vec![utoipa::openapi::HttpMethod::Get], op);
+        doc.paths
+            .add_path_operation(path, vec![utoipa::openapi::HttpMethod::Get], op);
     }
     doc
 }
@@ -111,12 +120,23 @@ pub fn router(state: AppState) -> Router {
         .route("/health/db", get(routes::system::health_db))
         .route("/health/engine", get(routes::system::health_engine))
         .route("/metrics", get(routes::system::metrics_text))
-        .route("/openapi.json", get(move || std::future::ready(axum::Json(doc.clone()))))
+        .route(
+            "/openapi.json",
+            get(move || std::future::ready(axum::Json(doc.clone()))),
+        )
         .route("/docs", get(routes::system::docs))
-        .fallback(|| async { error::ApiError::new(maasbox_types::ErrorCode::UnknownRoute, "no such endpoint; see /openapi.json for the API") })
+        .fallback(|| async {
+            error::ApiError::new(
+                maasbox_types::ErrorCode::UnknownRoute,
+                "no such endpoint; see /openapi.json for the API",
+            )
+        })
         .layer(RequestBodyLimitLayer::new(cfg.body_limit_bytes))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(cfg.request_timeout_secs)))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(cfg.request_timeout_secs),
+        ))
         .layer(middleware::from_fn(error::normalize_errors));
 
     let app = match cors_layer(&cfg.cors_origins) {
@@ -139,12 +159,19 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(list))
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-request-id")])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
             .expose_headers([HeaderName::from_static("x-request-id")])
             .max_age(Duration::from_secs(600)),
     )
@@ -163,7 +190,11 @@ async fn check_host(State(st): State<AppState>, req: Request, next: Next) -> Res
             .or_else(|| req.uri().host().map(str::to_owned));
         let ok = host.as_deref().map(strip_port).is_some_and(|h| {
             let h = h.to_ascii_lowercase();
-            h == "localhost" || h == "127.0.0.1" || h == "[::1]" || h == cfg.bind.to_string() || cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(&h))
+            h == "localhost"
+                || h == "127.0.0.1"
+                || h == "[::1]"
+                || h == cfg.bind.to_string()
+                || cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(&h))
         });
         if !ok {
             return ApiError::new(
@@ -185,12 +216,17 @@ fn strip_port(h: &str) -> &str {
 
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::counter!("maasbox_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
-    metrics::histogram!("maasbox_http_request_duration_seconds", "route" => route).record(start.elapsed().as_secs_f64());
+    metrics::histogram!("maasbox_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
     resp
 }
 
@@ -201,7 +237,10 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("maasbox_http_request_duration_seconds".into()),
-                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
             )
             .expect("static bucket list is non-empty")
             .build_recorder();
@@ -222,7 +261,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     metrics_handle();
     let addr = listener.local_addr()?;
-    state.audit_system("system.start", serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "addr": addr.to_string()})).await?;
+    state
+        .audit_system(
+            "system.start",
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "addr": addr.to_string()}),
+        )
+        .await?;
     let flusher = {
         let st = state.clone();
         tokio::spawn(async move {
@@ -235,12 +279,17 @@ pub async fn serve(
     };
     let app = router(state.clone());
     tracing::info!(%addr, "maasbox listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     flusher.abort();
     state.flush_key_uses().await;
-    state.audit_system("system.stop", serde_json::json!({})).await?;
+    state
+        .audit_system("system.stop", serde_json::json!({}))
+        .await?;
     let store = state.store().clone();
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("maasbox stopped; audit writer drained");

@@ -59,7 +59,9 @@ pub(crate) type Secret = zeroize::Zeroizing<[u8; 32]>;
 /// Expand a leading `~/` to the home directory.
 pub fn expand_home(p: &Path) -> PathBuf {
     match p.strip_prefix("~") {
-        Ok(rest) => dirs::home_dir().map(|h| h.join(rest)).unwrap_or_else(|| p.to_owned()),
+        Ok(rest) => dirs::home_dir()
+            .map(|h| h.join(rest))
+            .unwrap_or_else(|| p.to_owned()),
         Err(_) => p.to_owned(),
     }
 }
@@ -67,7 +69,12 @@ pub fn expand_home(p: &Path) -> PathBuf {
 /// Take the data directory's lock file; fails when another maasbox process holds it.
 pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     let path = data_dir.join("maasbox.lock");
-    let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     f.try_lock().map_err(|_| {
         anyhow::anyhow!(
             "another maasbox process is using the data directory {} (stop it first)",
@@ -79,7 +86,8 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 
 /// Create the data directory with owner-only permissions.
 pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -100,7 +108,10 @@ impl AppState {
         let store = Store::open(
             &data_dir.join("maasbox.db"),
             signing.clone(),
-            StoreOptions { checkpoint_every: config.audit.checkpoint_every, batch_max: config.audit.batch_max },
+            StoreOptions {
+                checkpoint_every: config.audit.checkpoint_every,
+                batch_max: config.audit.batch_max,
+            },
         )?;
 
         let derive = |label: &str| -> Secret { master.derive(label) };
@@ -157,7 +168,14 @@ impl AppState {
             config,
             _lock: lock,
         }));
-        Ok((state, Startup { setup_code, setup_token_path, data_dir }))
+        Ok((
+            state,
+            Startup {
+                setup_code,
+                setup_token_path,
+                data_dir,
+            },
+        ))
     }
 
     /// The configuration in force.
@@ -186,7 +204,11 @@ impl AppState {
     }
 
     /// Append a system event (start, stop) to the audit chain.
-    pub async fn audit_system(&self, action: &str, details: serde_json::Value) -> anyhow::Result<()> {
+    pub async fn audit_system(
+        &self,
+        action: &str,
+        details: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let ev = NewAuditEvent {
             actor: "system".into(),
             auth_method: AuthMethod::System,
@@ -198,7 +220,10 @@ impl AppState {
             outcome: "success".into(),
             details,
         };
-        self.0.store.write(move |_| Ok(WriteOutcome::audited((), ev))).await?;
+        self.0
+            .store
+            .write(move |_| Ok(WriteOutcome::audited((), ev)))
+            .await?;
         Ok(())
     }
 
@@ -235,5 +260,9 @@ fn new_setup_code() -> String {
             }
         }
     }
-    chars.chunks(5).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
+    chars
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
 }

@@ -76,7 +76,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { checkpoint_every: 1000, batch_max: 512 }
+        Self {
+            checkpoint_every: 1000,
+            batch_max: 512,
+        }
     }
 }
 
@@ -102,7 +105,13 @@ impl Store {
         let mut conn = open_conn(path, false)?;
         migrations::migrate(&mut conn)?;
         let writer = writer::WriterHandle::spawn(conn, signer, opts)?;
-        Ok(Self { inner: Arc::new(Inner { path: path.to_owned(), readers: Mutex::new(Vec::new()), writer }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                readers: Mutex::new(Vec::new()),
+                writer,
+            }),
+        })
     }
 
     /// The database file.
@@ -146,7 +155,11 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<WriteOutcome<T>> + Send + 'static,
     {
-        self.inner.writer.submit(f)?.await.map_err(|_| StoreError::Closed)?
+        self.inner
+            .writer
+            .submit(f)?
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// [`Store::write`] for callers outside an async runtime (the offline CLI).
@@ -155,7 +168,11 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<WriteOutcome<T>> + Send + 'static,
     {
-        self.inner.writer.submit(f)?.blocking_recv().map_err(|_| StoreError::Closed)?
+        self.inner
+            .writer
+            .submit(f)?
+            .blocking_recv()
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// Writes waiting for the writer thread.
@@ -170,7 +187,8 @@ impl Store {
 
     /// `SELECT 1` on a read connection and the schema version: the database health check.
     pub async fn ping(&self) -> Result<i64> {
-        self.read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).await
+        self.read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
     }
 }
 
@@ -178,7 +196,9 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -195,7 +215,9 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
 /// Map a SQLite uniqueness failure to [`StoreError::Conflict`] with `msg`.
 pub(crate) fn conflict_on_unique(e: rusqlite::Error, msg: impl Into<String>) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             StoreError::Conflict(msg.into())
         }
         e => StoreError::Sqlite(e),
@@ -207,14 +229,20 @@ mod tests;
 
 /// Verify the audit chain of a database file directly, without starting a writer or running
 /// migrations (the offline `maasbox audit verify`). Safe while a server is running.
-pub fn verify_database(path: &Path, trusted: Option<&maasbox_crypto::Sm2PublicKey>) -> Result<maasbox_types::ChainReport> {
+pub fn verify_database(
+    path: &Path,
+    trusted: Option<&maasbox_crypto::Sm2PublicKey>,
+) -> Result<maasbox_types::ChainReport> {
     if !path.exists() {
         return Err(StoreError::NotFound("database file"));
     }
     let conn = open_conn(path, true)?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     audit::verify(&conn, trusted)
 }

@@ -63,7 +63,10 @@ impl Role {
             Role::Admin => true,
             Role::Developer => matches!(p, OwnKeys | Inference | ModelsImport | KnowledgeCreate),
             Role::User => matches!(p, OwnKeys | Inference),
-            Role::Auditor => matches!(p, AuditRead | AuditVerify | AuditExport | UsersRead | UsageRead),
+            Role::Auditor => matches!(
+                p,
+                AuditRead | AuditVerify | AuditExport | UsersRead | UsageRead
+            ),
         }
     }
 }
