@@ -100,6 +100,8 @@ pub struct Principal {
     pub allowed_models: Option<Vec<String>>,
     /// The account must change its password before anything else (sessions only).
     pub must_change_password: bool,
+    /// The user record as of authentication (at most a minute old; `None` for the owner).
+    pub user: Option<User>,
     /// Request origin.
     pub client: ClientInfo,
 }
@@ -240,6 +242,7 @@ async fn authenticate(
             session_id: None,
             allowed_models: None,
             must_change_password: false,
+            user: None,
             client: client.clone(),
         });
     }
@@ -286,12 +289,12 @@ async fn api_key(st: &AppState, rest: &str, client: &ClientInfo) -> Result<Princ
     let Some(ka) = ka else {
         return Err(bad(Some(id)));
     };
-    let mac = maasbox_crypto::hmac_sm3(st.0.key_mac_key.as_ref(), secret.as_bytes());
+    let mac = st.0.key_mac_key.mac(secret.as_bytes());
     if !maasbox_crypto::ct_eq(&mac, &ka.secret_mac) {
         return Err(bad(Some(id)));
     }
     let owner = ka.key.username.clone();
-    if ka.status != UserStatus::Active {
+    if ka.user.status != UserStatus::Active {
         return Err((
             ApiError::new(ErrorCode::InvalidApiKey, "this API key's owner is disabled"),
             owner,
@@ -307,16 +310,26 @@ async fn api_key(st: &AppState, rest: &str, client: &ClientInfo) -> Result<Princ
             Some(id.to_owned()),
         ));
     }
-    st.0.key_uses.lock().insert(id.to_owned(), now_secs());
+    {
+        let mut uses = st.0.key_uses.lock();
+        match uses.get_mut(id) {
+            Some(t) => *t = now_secs(),
+            None => {
+                uses.insert(id.to_owned(), now_secs());
+            }
+        }
+    }
     Ok(Principal {
         user_id: Some(ka.key.user_id),
         username: owner,
-        role: ka.role,
+        role: ka.user.role,
         method: AuthMethod::ApiKey,
         key_id: Some(id.to_owned()),
         session_id: None,
         allowed_models: ka.key.allowed_models.clone(),
+        // Keys keep working for a user who must change their password; only sessions are gated.
         must_change_password: false,
+        user: Some(ka.user),
         client: client.clone(),
     })
 }
@@ -393,13 +406,14 @@ async fn session(
     }
     Ok(Principal {
         user_id: Some(user.id),
-        username: user.username,
+        username: user.username.clone(),
         role: user.role,
         method: AuthMethod::Session,
         key_id: None,
         session_id: Some(sid),
         allowed_models: None,
         must_change_password: user.must_change_password,
+        user: Some(user),
         client: client.clone(),
     })
 }
@@ -431,7 +445,7 @@ pub fn refresh_mac(st: &AppState, secret: &str) -> [u8; 32] {
 
 /// MAC of an API-key secret.
 pub fn key_mac(st: &AppState, secret: &str) -> [u8; 32] {
-    maasbox_crypto::hmac_sm3(st.0.key_mac_key.as_ref(), secret.as_bytes())
+    st.0.key_mac_key.mac(secret.as_bytes())
 }
 
 /// Split `mbr_<sid>_<secret>`.

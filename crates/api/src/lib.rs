@@ -23,7 +23,9 @@ use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -151,8 +153,34 @@ pub fn router(state: AppState) -> Router {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, SequentialRequestId::default()))
         .with_state(state)
+}
+
+/// Request ids `<boot id>-<counter>`: unique per server lifetime and cheap (no syscall per
+/// request, unlike random UUIDs); the random boot id keeps ids from different runs apart.
+#[derive(Clone)]
+struct SequentialRequestId {
+    boot: std::sync::Arc<str>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for SequentialRequestId {
+    fn default() -> Self {
+        Self {
+            boot: maasbox_crypto::random_hex(6).into(),
+            next: Default::default(),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:08x}", self.boot))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -221,13 +249,56 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::OPTIONS => "OPTIONS",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    };
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let status = status_label(resp.status().as_u16());
     metrics::counter!("maasbox_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
     metrics::histogram!("maasbox_http_request_duration_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// Status codes as static labels (no allocation per request).
+fn status_label(code: u16) -> &'static str {
+    const CODES: &[(u16, &str)] = &[
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (409, "409"),
+        (413, "413"),
+        (415, "415"),
+        (421, "421"),
+        (429, "429"),
+        (500, "500"),
+        (503, "503"),
+    ];
+    let class = match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or(class, |(_, s)| s)
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

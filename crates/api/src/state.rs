@@ -28,7 +28,7 @@ pub(crate) struct Inner {
     pub signing: Arc<Sm2KeyPair>,
     pub master: MasterKey,
     pub jwt_key: Secret,
-    pub key_mac_key: Secret,
+    pub key_mac_key: maasbox_crypto::HmacSm3Key,
     pub refresh_mac_key: Secret,
     pub owner_mac: [u8; 32],
     /// The one-time setup code while no user exists.
@@ -156,7 +156,7 @@ impl AppState {
             signing,
             master,
             jwt_key,
-            key_mac_key,
+            key_mac_key: maasbox_crypto::HmacSm3Key::new(key_mac_key.as_ref()),
             refresh_mac_key,
             owner_mac,
             setup_code: Mutex::new(setup_code.clone()),

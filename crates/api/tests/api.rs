@@ -809,7 +809,13 @@ async fn request_ids_flow_into_responses_and_the_audit_chain() {
     assert_eq!(ev[0]["request_id"], "trace-me-123");
     // Without one, the server makes one up and returns it.
     let resp = srv.http.get(srv.url("/health")).send().await.unwrap();
-    assert_eq!(resp.headers()["x-request-id"].len(), 36);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let next = srv.http.get(srv.url("/health")).send().await.unwrap();
+    assert_ne!(
+        next.headers()["x-request-id"].to_str().unwrap(),
+        id,
+        "ids are unique"
+    );
 }
 
 #[tokio::test]

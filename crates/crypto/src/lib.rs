@@ -74,6 +74,25 @@ pub fn hmac_sm3(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// An HMAC-SM3 key with its inner and outer pads already absorbed, for MACs computed on a hot
+/// path (API-key checks): each MAC then costs two SM3 compressions instead of four.
+#[derive(Clone)]
+pub struct HmacSm3Key(Hmac<Sm3>);
+
+impl HmacSm3Key {
+    /// Prepare `key`.
+    pub fn new(key: &[u8]) -> Self {
+        Self(<Hmac<Sm3> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length"))
+    }
+
+    /// HMAC-SM3 of `data`; equal to [`hmac_sm3`] with the same key.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(data);
+        m.finalize().into_bytes().into()
+    }
+}
+
 /// Constant-time equality of two byte strings (lengths are not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))

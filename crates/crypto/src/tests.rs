@@ -67,6 +67,9 @@ fn hmac_sm3_matches_definition() {
     let inner = sm3_parts(&[&ipad, msg]);
     let outer = sm3_parts(&[&opad, &inner]);
     assert_eq!(hmac_sm3(key, msg), outer);
+    let prepared = HmacSm3Key::new(key);
+    assert_eq!(prepared.mac(msg), outer);
+    assert_eq!(prepared.mac(b"other"), hmac_sm3(key, b"other"), "reusable");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! API keys. Only a MAC of each secret is stored; the API layer computes and compares MACs.
 
-use maasbox_types::{now_secs, ApiKey, Role, UserStatus};
+use maasbox_types::{now_secs, ApiKey, User};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{Result, StoreError};
@@ -82,40 +82,37 @@ pub fn revoke(conn: &Connection, id: &str) -> Result<ApiKey> {
     Ok(key)
 }
 
-/// What authentication needs to know about a key: its MAC and its owner's standing.
+/// What authentication needs to know about a key: its MAC and its owner.
 #[derive(Clone, Debug)]
 pub struct KeyAuth {
     /// The key.
     pub key: ApiKey,
     /// MAC of the secret.
     pub secret_mac: Vec<u8>,
-    /// Owner's role.
-    pub role: Role,
-    /// Owner's status.
-    pub status: UserStatus,
-    /// Owner must change password (keys still work; it only gates sessions).
-    pub must_change_password: bool,
+    /// The owner as they are now (role and status decide what the key may do).
+    pub user: User,
 }
 
 /// Look a live key up for authentication.
 pub fn auth_lookup(conn: &Connection, id: &str) -> Result<Option<KeyAuth>> {
-    Ok(conn
+    let found = conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS}, k.secret_mac, u.role, u.status, u.must_change_password
-             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1 AND k.revoked_at IS NULL"
+            "SELECT {COLUMNS}, k.secret_mac FROM api_keys k JOIN users u ON u.id = k.user_id
+             WHERE k.id = ?1 AND k.revoked_at IS NULL"
         ))?
-        .query_row([id], |r| {
-            let role: String = r.get(9)?;
-            let status: String = r.get(10)?;
-            Ok(KeyAuth {
-                key: row_to_key(r)?,
-                secret_mac: r.get(8)?,
-                role: Role::parse(&role).unwrap_or(Role::User),
-                status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
-                must_change_password: r.get(11)?,
-            })
-        })
-        .optional()?)
+        .query_row([id], |r| Ok((row_to_key(r)?, r.get::<_, Vec<u8>>(8)?)))
+        .optional()?;
+    match found {
+        Some((key, secret_mac)) => {
+            let user = crate::users::get(conn, key.user_id)?;
+            Ok(Some(KeyAuth {
+                key,
+                secret_mac,
+                user,
+            }))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Record last use of several keys at once (batched by the API, not audited).

@@ -434,14 +434,11 @@ async fn logout(State(st): State<AppState>, p: Principal) -> ApiResult<StatusCod
 /// Who am I?
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = MeResponse), (status = 401, body = crate::error::ErrorBody)))]
-async fn me(State(st): State<AppState>, p: Principal) -> ApiResult<Json<MeResponse>> {
-    let user = match p.user_id {
-        Some(id) => Some(st.store().read(move |c| users::get(c, id)).await?),
-        None => None,
-    };
+async fn me(p: Principal) -> ApiResult<Json<MeResponse>> {
+    // Answered from the authenticated principal: no database round trip on this hot path.
     Ok(Json(MeResponse {
-        must_change_password: user.as_ref().is_some_and(|u| u.must_change_password),
-        user,
+        must_change_password: p.user.as_ref().is_some_and(|u| u.must_change_password),
+        user: p.user,
         username: p.username,
         role: p.role,
         auth_method: p.method,
