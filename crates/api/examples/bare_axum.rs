@@ -11,17 +11,10 @@ use axum::{Json, Router};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(18687);
+    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(18687);
     let app = Router::new().route(
         "/api/v1/auth/me",
-        get(|| async {
-            Json(
-                serde_json::json!({"username": "bench", "role": "admin", "auth_method": "api_key"}),
-            )
-        }),
+        get(|| async { Json(serde_json::json!({"username": "bench", "role": "admin", "auth_method": "api_key"})) }),
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;

@@ -16,9 +16,7 @@ use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use maasbox_store::keys::KeyAuth;
 use maasbox_store::WriteOutcome;
-use maasbox_types::{
-    now_secs, AuthMethod, ErrorCode, NewAuditEvent, Permission, Role, User, UserStatus,
-};
+use maasbox_types::{now_secs, AuthMethod, ErrorCode, NewAuditEvent, Permission, Role, User, UserStatus};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -46,18 +44,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
 }
 
 fn client_info(parts: &Parts) -> ClientInfo {
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     ClientInfo {
-        ip: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip()),
+        ip: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
         request_id: header("x-request-id"),
         user_agent: header("user-agent"),
     }
@@ -108,26 +97,14 @@ pub struct Principal {
 
 impl Principal {
     /// An audit event by this principal.
-    pub fn event(
-        &self,
-        action: &str,
-        resource: impl Into<String>,
-        details: serde_json::Value,
-    ) -> NewAuditEvent {
-        self.client
-            .event(&self.username, self.method, action)
-            .key(self.key_id.clone())
-            .on(resource)
-            .details(details)
+    pub fn event(&self, action: &str, resource: impl Into<String>, details: serde_json::Value) -> NewAuditEvent {
+        self.client.event(&self.username, self.method, action).key(self.key_id.clone()).on(resource).details(details)
     }
 
     /// Check `perm`; a refusal is audited (as `outcome = denied`) before the 403 is returned.
     pub async fn authorize(&self, st: &AppState, perm: Permission, action: &str) -> ApiResult<()> {
         let err = if self.must_change_password && self.method == AuthMethod::Session {
-            Some(ApiError::new(
-                ErrorCode::PasswordChangeRequired,
-                "change your password before doing anything else",
-            ))
+            Some(ApiError::new(ErrorCode::PasswordChangeRequired, "change your password before doing anything else"))
         } else if !self.role.allows(perm) {
             Some(ApiError::forbidden())
         } else {
@@ -136,9 +113,7 @@ impl Principal {
         match err {
             None => Ok(()),
             Some(e) => {
-                let ev = self
-                    .event(action, "-", serde_json::json!({}))
-                    .denied(e.code.info().code);
+                let ev = self.event(action, "-", serde_json::json!({})).denied(e.code.info().code);
                 audit_only(st, ev).await?;
                 Err(e)
             }
@@ -153,9 +128,7 @@ impl Principal {
 
 /// Append an event that records no other change (failed or denied attempts).
 pub async fn audit_only(st: &AppState, ev: NewAuditEvent) -> ApiResult<()> {
-    st.store()
-        .write(move |_| Ok(WriteOutcome::audited((), ev)))
-        .await?;
+    st.store().write(move |_| Ok(WriteOutcome::audited((), ev))).await?;
     Ok(())
 }
 
@@ -184,10 +157,7 @@ impl FromRequestParts<AppState> for Principal {
             if let Some(ip) = client.ip {
                 st.0.limiter.record_failure(None, ip);
             }
-            let mut ev = client
-                .event(&actor, method, "auth.failure")
-                .key(key_id)
-                .failed(e.code.info().code);
+            let mut ev = client.event(&actor, method, "auth.failure").key(key_id).failed(e.code.info().code);
             ev.details["path"] = parts.uri.path().into();
             audit_only(st, ev).await?;
             return Err(e);
@@ -199,33 +169,20 @@ impl FromRequestParts<AppState> for Principal {
 fn bearer(parts: &Parts) -> Option<String> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
 type AuthFailure = (ApiError, String, AuthMethod, Option<String>);
 
-async fn authenticate(
-    st: &AppState,
-    token: &str,
-    client: &ClientInfo,
-) -> Result<Principal, AuthFailure> {
+async fn authenticate(st: &AppState, token: &str, client: &ClientInfo) -> Result<Principal, AuthFailure> {
     if let Some(rest) = token.strip_prefix("mbx_") {
         return api_key(st, rest, client).await;
     }
     if token.starts_with("mbo_") {
         let fail = |e| (e, "owner".to_owned(), AuthMethod::OwnerToken, None);
-        let mac = maasbox_crypto::hmac_sm3(
-            st.0.master.derive("maasbox/owner-token-mac/v1").as_ref(),
-            token.as_bytes(),
-        );
+        let mac = maasbox_crypto::hmac_sm3(st.0.master.derive("maasbox/owner-token-mac/v1").as_ref(), token.as_bytes());
         if !maasbox_crypto::ct_eq(&mac, &st.0.owner_mac) {
-            return Err(fail(ApiError::new(
-                ErrorCode::InvalidToken,
-                "invalid owner token",
-            )));
+            return Err(fail(ApiError::new(ErrorCode::InvalidToken, "invalid owner token")));
         }
         if !client.ip.is_some_and(|ip| ip.is_loopback()) {
             return Err(fail(ApiError::new(
@@ -268,17 +225,9 @@ async fn api_key(st: &AppState, rest: &str, client: &ClientInfo) -> Result<Princ
         Some(k) => Some(k),
         None => {
             let idc = id.to_owned();
-            let found = st
-                .store()
-                .read(move |c| maasbox_store::keys::auth_lookup(c, &idc))
-                .await
-                .map_err(|e| {
-                    (
-                        ApiError::from(e),
-                        "anonymous".to_owned(),
-                        AuthMethod::ApiKey,
-                        Some(id.to_owned()),
-                    )
+            let found =
+                st.store().read(move |c| maasbox_store::keys::auth_lookup(c, &idc)).await.map_err(|e| {
+                    (ApiError::from(e), "anonymous".to_owned(), AuthMethod::ApiKey, Some(id.to_owned()))
                 })?;
             if let Some(k) = &found {
                 st.0.auth_cache.put_key(k.clone());
@@ -349,30 +298,19 @@ pub struct Claims {
     pub iss: String,
 }
 
-async fn session(
-    st: &AppState,
-    token: &str,
-    client: &ClientInfo,
-) -> Result<Principal, AuthFailure> {
-    let fail = |m: &str| {
-        (
-            ApiError::new(ErrorCode::InvalidToken, m),
-            "anonymous".to_owned(),
-            AuthMethod::Session,
-            None,
-        )
-    };
+async fn session(st: &AppState, token: &str, client: &ClientInfo) -> Result<Principal, AuthFailure> {
+    let fail = |m: &str| (ApiError::new(ErrorCode::InvalidToken, m), "anonymous".to_owned(), AuthMethod::Session, None);
     let mut v = Validation::new(Algorithm::HS256);
     v.set_issuer(&["maasbox"]);
     v.leeway = 5;
-    let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(st.0.jwt_key.as_ref()), &v)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    fail("access token has expired; refresh it or log in again")
-                }
-                _ => fail("invalid access token"),
-            })?;
+    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(st.0.jwt_key.as_ref()), &v).map_err(
+        |e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                fail("access token has expired; refresh it or log in again")
+            }
+            _ => fail("invalid access token"),
+        },
+    )?;
     let sid = data.claims.sid;
     let user = match st.0.auth_cache.session(&sid) {
         Some(u) => Some(u),
@@ -382,14 +320,7 @@ async fn session(
                 .store()
                 .read(move |c| maasbox_store::sessions::live_user(c, &s))
                 .await
-                .map_err(|e| {
-                    (
-                        ApiError::from(e),
-                        "anonymous".to_owned(),
-                        AuthMethod::Session,
-                        None,
-                    )
-                })?;
+                .map_err(|e| (ApiError::from(e), "anonymous".to_owned(), AuthMethod::Session, None))?;
             if let Some(u) = &found {
                 st.0.auth_cache.put_session(&sid, u.clone());
             }
@@ -397,9 +328,7 @@ async fn session(
         }
     };
     let Some(user) = user else {
-        return Err(fail(
-            "this session has ended (logged out, revoked or the account is disabled)",
-        ));
+        return Err(fail("this session has ended (logged out, revoked or the account is disabled)"));
     };
     if user.id.to_string() != data.claims.sub {
         return Err(fail("invalid access token"));
@@ -429,12 +358,9 @@ pub fn issue_access_token(st: &AppState, user_id: i64, sid: &str) -> ApiResult<(
         exp: now + ttl as i64,
         iss: "maasbox".into(),
     };
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(st.0.jwt_key.as_ref()),
-    )
-    .map_err(ApiError::internal)?;
+    let token =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(st.0.jwt_key.as_ref()))
+            .map_err(ApiError::internal)?;
     Ok((token, ttl))
 }
 
@@ -452,8 +378,7 @@ pub fn key_mac(st: &AppState, secret: &str) -> [u8; 32] {
 pub fn parse_refresh_token(t: &str) -> Option<(&str, &str)> {
     let rest = t.strip_prefix("mbr_")?;
     let (sid, secret) = rest.split_once('_')?;
-    (sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
-        .then_some((sid, secret))
+    (sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty()).then_some((sid, secret))
 }
 
 /// Recently authenticated keys and sessions, so the hot path skips SQLite. Every change to
@@ -470,9 +395,7 @@ const CACHE_MAX: usize = 10_000;
 impl AuthCache {
     fn key(&self, id: &str) -> Option<KeyAuth> {
         let g = self.keys.read();
-        g.get(id)
-            .filter(|(t, _)| t.elapsed() < CACHE_TTL)
-            .map(|(_, k)| k.clone())
+        g.get(id).filter(|(t, _)| t.elapsed() < CACHE_TTL).map(|(_, k)| k.clone())
     }
 
     fn put_key(&self, k: KeyAuth) {
@@ -485,9 +408,7 @@ impl AuthCache {
 
     fn session(&self, sid: &str) -> Option<User> {
         let g = self.sessions.read();
-        g.get(sid)
-            .filter(|(t, _)| t.elapsed() < CACHE_TTL)
-            .map(|(_, u)| u.clone())
+        g.get(sid).filter(|(t, _)| t.elapsed() < CACHE_TTL).map(|(_, u)| u.clone())
     }
 
     fn put_session(&self, sid: &str, u: User) {
@@ -539,10 +460,7 @@ impl LoginLimiter {
         }
         if q.len() as u32 >= max {
             let oldest = q.front().copied().unwrap_or_else(Instant::now);
-            return Err(self
-                .window
-                .saturating_sub(oldest.elapsed())
-                .max(Duration::from_secs(1)));
+            return Err(self.window.saturating_sub(oldest.elapsed()).max(Duration::from_secs(1)));
         }
         Ok(())
     }
@@ -593,11 +511,7 @@ mod tests {
 
     #[test]
     fn limiter_blocks_after_max_and_success_clears() {
-        let c = AuthConfig {
-            max_failed_logins_per_user: 3,
-            max_failed_logins_per_ip: 5,
-            ..AuthConfig::default()
-        };
+        let c = AuthConfig { max_failed_logins_per_user: 3, max_failed_logins_per_ip: 5, ..AuthConfig::default() };
         let l = LoginLimiter::new(&c);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
@@ -617,10 +531,7 @@ mod tests {
     #[test]
     fn refresh_tokens_parse_strictly() {
         let sid = "0123456789abcdef0123456789abcdef";
-        assert_eq!(
-            parse_refresh_token(&format!("mbr_{sid}_s3cret")),
-            Some((sid, "s3cret"))
-        );
+        assert_eq!(parse_refresh_token(&format!("mbr_{sid}_s3cret")), Some((sid, "s3cret")));
         assert_eq!(parse_refresh_token("mbr_short_s"), None);
         assert_eq!(parse_refresh_token(&format!("mbx_{sid}_s")), None);
         assert_eq!(parse_refresh_token(&format!("mbr_{sid}_")), None);

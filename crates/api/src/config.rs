@@ -89,17 +89,13 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self {
-            data_dir: default_data_dir(),
-        }
+        Self { data_dir: default_data_dir() }
     }
 }
 
 /// The OS data directory for maasbox (e.g. `~/.local/share/maasbox`).
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("maasbox")
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("maasbox")
 }
 
 /// `[log]`
@@ -118,12 +114,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Text,
-            file: true,
-            max_files: 14,
-        }
+        Self { level: "info".into(), format: LogFormat::Text, file: true, max_files: 14 }
     }
 }
 
@@ -188,10 +179,7 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self {
-            checkpoint_every: 1000,
-            batch_max: 512,
-        }
+        Self { checkpoint_every: 1000, batch_max: 512 }
     }
 }
 
@@ -223,7 +211,9 @@ pub enum ConfigError {
         message: String,
     },
     /// An environment variable does not name a configuration key.
-    #[error("unknown environment variable {var}: it does not name a configuration key (expected MAASBOX_<SECTION>_<KEY>)")]
+    #[error(
+        "unknown environment variable {var}: it does not name a configuration key (expected MAASBOX_<SECTION>_<KEY>)"
+    )]
     UnknownEnv {
         /// Variable name.
         var: String,
@@ -240,28 +230,17 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &[(&str, toml::Value)],
 ) -> Result<Config, ConfigError> {
-    let mut root = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Key {
-        key: String::new(),
-        message: e.to_string(),
-    })?;
+    let mut root = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::Key { key: String::new(), message: e.to_string() })?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: path.into(),
-                    message: e.to_string(),
-                })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
         merge(&mut root, table, "")?;
     }
     let sections: Vec<String> = root.keys().cloned().collect();
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("MAASBOX_"))
-        .collect();
+    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("MAASBOX_")).collect();
     env.sort();
     for (var, value) in env {
         if CLIENT_ENV.contains(&var.as_str()) {
@@ -293,19 +272,14 @@ pub fn load(
             }
             _ => key,
         };
-        ConfigError::Key {
-            key,
-            message: inner.lines().next().unwrap_or_default().to_owned(),
-        }
+        ConfigError::Key { key, message: inner.lines().next().unwrap_or_default().to_owned() }
     })
 }
 
 fn merge(root: &mut toml::Table, file: toml::Table, prefix: &str) -> Result<(), ConfigError> {
     for (k, v) in file {
         match (root.get_mut(&k), v) {
-            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
-                merge(dst, src, &format!("{prefix}{k}."))?
-            }
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => merge(dst, src, &format!("{prefix}{k}."))?,
             (Some(_), v) | (None, v) => {
                 // Unknown keys are kept so the deserializer names them.
                 root.insert(k, v);
@@ -315,37 +289,23 @@ fn merge(root: &mut toml::Table, file: toml::Table, prefix: &str) -> Result<(), 
     Ok(())
 }
 
-fn set(
-    root: &mut toml::Table,
-    section: &str,
-    key: &str,
-    value: toml::Value,
-) -> Result<(), ConfigError> {
+fn set(root: &mut toml::Table, section: &str, key: &str, value: toml::Value) -> Result<(), ConfigError> {
     match root.get_mut(section) {
         Some(toml::Value::Table(t)) => {
             t.insert(key.to_owned(), value);
             Ok(())
         }
-        _ => Err(ConfigError::Key {
-            key: format!("{section}.{key}"),
-            message: "unknown section".into(),
-        }),
+        _ => Err(ConfigError::Key { key: format!("{section}.{key}"), message: "unknown section".into() }),
     }
 }
 
 /// An environment value as TOML: booleans, integers, floats and `[..]` arrays are parsed;
 /// anything else is a string (so `127.0.0.1` and paths need no quoting).
 fn env_value(raw: &str) -> toml::Value {
-    let parsed = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"));
+    let parsed = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
     match parsed {
         Some(
-            v @ (toml::Value::Boolean(_)
-            | toml::Value::Integer(_)
-            | toml::Value::Float(_)
-            | toml::Value::Array(_)),
+            v @ (toml::Value::Boolean(_) | toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Array(_)),
         ) => v,
         _ => toml::Value::String(raw.to_owned()),
     }
@@ -377,10 +337,7 @@ impl Config {
             });
         }
         if self.audit.batch_max < 1 {
-            return Err(ConfigError::Key {
-                key: "audit.batch_max".into(),
-                message: "must be at least 1".into(),
-            });
+            return Err(ConfigError::Key { key: "audit.batch_max".into(), message: "must be at least 1".into() });
         }
         if self.server.request_timeout_secs == 0 {
             return Err(ConfigError::Key {
@@ -397,27 +354,17 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn precedence_flags_over_env_over_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(
-            &f,
-            "[server]\nport = 1111\nbody_limit_bytes = 5\n[log]\nlevel = \"debug\"\n",
-        )
-        .unwrap();
+        std::fs::write(&f, "[server]\nport = 1111\nbody_limit_bytes = 5\n[log]\nlevel = \"debug\"\n").unwrap();
         let c = load(
             Some(&f),
-            env(&[
-                ("MAASBOX_SERVER_PORT", "2222"),
-                ("MAASBOX_LOG_LEVEL", "warn"),
-            ]),
+            env(&[("MAASBOX_SERVER_PORT", "2222"), ("MAASBOX_LOG_LEVEL", "warn")]),
             &[("server.port", toml::Value::Integer(3333))],
         )
         .unwrap();
@@ -442,25 +389,14 @@ mod tests {
         std::fs::write(&f, "[serve]\nport = 1\n").unwrap();
         let e = load(Some(&f), vec![], &[]).unwrap_err().to_string();
         assert!(e.contains("serve"), "{e}");
-        let e = load(None, env(&[("MAASBOX_SERVER_PORT", "99999")]), &[])
-            .unwrap_err()
-            .to_string();
+        let e = load(None, env(&[("MAASBOX_SERVER_PORT", "99999")]), &[]).unwrap_err().to_string();
         assert!(e.contains("server.port"), "{e}");
-        let e = load(None, env(&[("MAASBOX_CRYPTO_GM_MOD", "true")]), &[])
-            .unwrap_err()
-            .to_string();
+        let e = load(None, env(&[("MAASBOX_CRYPTO_GM_MOD", "true")]), &[]).unwrap_err().to_string();
         assert!(e.contains("crypto.gm_mod"), "{e}");
-        let e = load(None, env(&[("MAASBOX_NOPE", "1")]), &[])
-            .unwrap_err()
-            .to_string();
+        let e = load(None, env(&[("MAASBOX_NOPE", "1")]), &[]).unwrap_err().to_string();
         assert!(e.contains("MAASBOX_NOPE"), "{e}");
         // Client variables are not configuration.
-        load(
-            None,
-            env(&[("MAASBOX_URL", "http://x"), ("MAASBOX_TOKEN", "t")]),
-            &[],
-        )
-        .unwrap();
+        load(None, env(&[("MAASBOX_URL", "http://x"), ("MAASBOX_TOKEN", "t")]), &[]).unwrap();
     }
 
     #[test]
@@ -497,15 +433,9 @@ mod tests {
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in &defaults {
             let keys = keys.as_table().unwrap();
-            let ex = example
-                .get(section)
-                .and_then(|v| v.as_table())
-                .unwrap_or_else(|| panic!("[{section}] missing"));
+            let ex = example.get(section).and_then(|v| v.as_table()).unwrap_or_else(|| panic!("[{section}] missing"));
             for k in keys.keys() {
-                assert!(
-                    ex.contains_key(k),
-                    "assets/config.example.toml lacks {section}.{k}"
-                );
+                assert!(ex.contains_key(k), "assets/config.example.toml lacks {section}.{k}");
             }
         }
         load(Some(&path), vec![], &[]).unwrap();

@@ -51,12 +51,7 @@ pub struct ErrorObject {
 impl ApiError {
     /// An error with a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            param: None,
-            retry_after: None,
-        }
+        Self { code, message: message.into(), param: None, retry_after: None }
     }
 
     /// Name the field at fault.
@@ -89,10 +84,7 @@ impl ApiError {
     /// A failure inside the server: log `cause` with the current span, answer generically.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            ErrorCode::Internal,
-            "internal server error; see the server log for details",
-        )
+        Self::new(ErrorCode::Internal, "internal server error; see the server log for details")
     }
 
     /// The body as JSON text.
@@ -117,8 +109,7 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.info().status)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.info().status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
@@ -126,8 +117,7 @@ impl IntoResponse for ApiError {
             }
         }
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -140,9 +130,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
             StoreError::LastAdmin => ApiError::new(ErrorCode::LastAdmin, e.to_string()),
             StoreError::Invalid(m) => ApiError::new(ErrorCode::InvalidField, m),
-            StoreError::Closed => {
-                ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
-            }
+            StoreError::Closed => ApiError::new(ErrorCode::Unavailable, "the server is shutting down"),
             other => {
                 metrics::counter!("maasbox_db_errors_total").increment(1);
                 ApiError::internal(other)
@@ -177,11 +165,7 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         JsonRejection::JsonDataError(e) => {
             // axum reports "Failed to deserialize …: <path>: <serde message>".
             let text = e.body_text();
-            let detail = text
-                .split_once("target type: ")
-                .map(|(_, d)| d)
-                .unwrap_or(&text)
-                .to_owned();
+            let detail = text.split_once("target type: ").map(|(_, d)| d).unwrap_or(&text).to_owned();
             let param = field_from_serde(&detail);
             let mut err = ApiError::new(ErrorCode::InvalidField, detail);
             err.param = param;
@@ -190,20 +174,13 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(e) => {
             let text = e.body_text();
             let detail = text.split_once(": ").map(|(_, d)| d).unwrap_or(&text);
-            ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("request body is not valid JSON: {detail}"),
-            )
+            ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {detail}"))
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "expected a body with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, "expected a body with Content-Type: application/json")
+        }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body is larger than the configured limit",
-            )
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than the configured limit")
         }
         other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
     }
@@ -254,10 +231,7 @@ pub async fn normalize_errors(req: Request, next: Next) -> Response {
         ErrorCode::PayloadTooLarge => "request body is larger than the configured limit".to_owned(),
         ErrorCode::Timeout => "the request took longer than the configured timeout".to_owned(),
         ErrorCode::Internal => "internal server error; see the server log for details".to_owned(),
-        _ => status
-            .canonical_reason()
-            .unwrap_or("bad request")
-            .to_lowercase(),
+        _ => status.canonical_reason().unwrap_or("bad request").to_lowercase(),
     };
     let mut out = ApiError::new(code, message).into_response();
     *out.status_mut() = status;
@@ -275,17 +249,8 @@ mod tests {
 
     #[test]
     fn serde_field_names_are_extracted() {
-        assert_eq!(
-            field_from_serde("missing field `username` at line 1").as_deref(),
-            Some("username")
-        );
-        assert_eq!(
-            field_from_serde("role: unknown variant `boss`").as_deref(),
-            Some("role")
-        );
-        assert_eq!(
-            field_from_serde("invalid type: integer, expected a string").as_deref(),
-            None
-        );
+        assert_eq!(field_from_serde("missing field `username` at line 1").as_deref(), Some("username"));
+        assert_eq!(field_from_serde("role: unknown variant `boss`").as_deref(), Some("role"));
+        assert_eq!(field_from_serde("invalid type: integer, expected a string").as_deref(), None);
     }
 }

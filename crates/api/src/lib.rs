@@ -23,9 +23,7 @@ use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -96,15 +94,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         let op = utoipa::openapi::path::OperationBuilder::new()
             .summary(Some(summary))
             .tag("system")
-            .response(
-                "200",
-                utoipa::openapi::ResponseBuilder::new()
-                    .description("OK")
-                    .build(),
-            )
+            .response("200", utoipa::openapi::ResponseBuilder::new().description("OK").build())
             .build();
-        doc.paths
-            .add_path_operation(path, vec![utoipa::openapi::HttpMethod::Get], op);
+        doc.paths.add_path_operation(path, vec![utoipa::openapi::HttpMethod::Get], op);
     }
     doc
 }
@@ -122,10 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/db", get(routes::system::health_db))
         .route("/health/engine", get(routes::system::health_engine))
         .route("/metrics", get(routes::system::metrics_text))
-        .route(
-            "/openapi.json",
-            get(move || std::future::ready(axum::Json(doc.clone()))),
-        )
+        .route("/openapi.json", get(move || std::future::ready(axum::Json(doc.clone()))))
         .route("/docs", get(routes::system::docs))
         .fallback(|| async {
             error::ApiError::new(
@@ -167,19 +156,14 @@ struct SequentialRequestId {
 
 impl Default for SequentialRequestId {
     fn default() -> Self {
-        Self {
-            boot: maasbox_crypto::random_hex(6).into(),
-            next: Default::default(),
-        }
+        Self { boot: maasbox_crypto::random_hex(6).into(), next: Default::default() }
     }
 }
 
 impl MakeRequestId for SequentialRequestId {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:08x}", self.boot))
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_str(&format!("{}-{n:08x}", self.boot)).ok().map(RequestId::new)
     }
 }
 
@@ -187,19 +171,12 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let list: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(list))
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                HeaderName::from_static("x-request-id"),
-            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-request-id")])
             .expose_headers([HeaderName::from_static("x-request-id")])
             .max_age(Duration::from_secs(600)),
     )
@@ -244,11 +221,8 @@ fn strip_port(h: &str) -> &str {
 
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = match *req.method() {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -261,7 +235,8 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     };
     let resp = next.run(req).await;
     let status = status_label(resp.status().as_u16());
-    metrics::counter!("maasbox_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::counter!("maasbox_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
     metrics::histogram!("maasbox_http_request_duration_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
     resp
@@ -295,10 +270,7 @@ fn status_label(code: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    CODES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map_or(class, |(_, s)| s)
+    CODES.iter().find(|(c, _)| *c == code).map_or(class, |(_, s)| s)
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -308,10 +280,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("maasbox_http_request_duration_seconds".into()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ],
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )
             .expect("static bucket list is non-empty")
             .build_recorder();
@@ -350,17 +319,12 @@ pub async fn serve(
     };
     let app = router(state.clone());
     tracing::info!(%addr, "maasbox listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
     flusher.abort();
     state.flush_key_uses().await;
-    state
-        .audit_system("system.stop", serde_json::json!({}))
-        .await?;
+    state.audit_system("system.stop", serde_json::json!({})).await?;
     let store = state.store().clone();
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("maasbox stopped; audit writer drained");

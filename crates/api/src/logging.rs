@@ -15,18 +15,10 @@ use crate::config::{LogConfig, LogFormat};
 /// dropping it flushes the file writer. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init_logging(cfg: &LogConfig, data_dir: &Path) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = || EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&cfg.level));
-    let filter_stderr =
-        filter().map_err(|e| anyhow::anyhow!("invalid configuration key `log.level`: {e}"))?;
+    let filter_stderr = filter().map_err(|e| anyhow::anyhow!("invalid configuration key `log.level`: {e}"))?;
     let stderr = match cfg.format {
-        LogFormat::Text => fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(filter_stderr)
-            .boxed(),
-        LogFormat::Json => fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(filter_stderr)
-            .boxed(),
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).with_filter(filter_stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).with_filter(filter_stderr).boxed(),
     };
     let (file, guard) = if cfg.file {
         let dir = data_dir.join("logs");
@@ -40,17 +32,7 @@ pub fn init_logging(cfg: &LogConfig, data_dir: &Path) -> anyhow::Result<Option<W
         let (writer, guard) = tracing_appender::non_blocking(appender);
         let f = filter()?;
         // Files are always JSON lines: easy to ship and to grep with jq.
-        (
-            Some(
-                fmt::layer()
-                    .json()
-                    .with_ansi(false)
-                    .with_writer(writer)
-                    .with_filter(f)
-                    .boxed(),
-            ),
-            Some(guard),
-        )
+        (Some(fmt::layer().json().with_ansi(false).with_writer(writer).with_filter(f).boxed()), Some(guard))
     } else {
         (None, None)
     };

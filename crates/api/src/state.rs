@@ -59,9 +59,7 @@ pub(crate) type Secret = zeroize::Zeroizing<[u8; 32]>;
 /// Expand a leading `~/` to the home directory.
 pub fn expand_home(p: &Path) -> PathBuf {
     match p.strip_prefix("~") {
-        Ok(rest) => dirs::home_dir()
-            .map(|h| h.join(rest))
-            .unwrap_or_else(|| p.to_owned()),
+        Ok(rest) => dirs::home_dir().map(|h| h.join(rest)).unwrap_or_else(|| p.to_owned()),
         Err(_) => p.to_owned(),
     }
 }
@@ -76,18 +74,14 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     f.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "another maasbox process is using the data directory {} (stop it first)",
-            data_dir.display()
-        )
+        anyhow::anyhow!("another maasbox process is using the data directory {} (stop it first)", data_dir.display())
     })?;
     Ok(f)
 }
 
 /// Create the data directory with owner-only permissions.
 pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -108,10 +102,7 @@ impl AppState {
         let store = Store::open(
             &data_dir.join("maasbox.db"),
             signing.clone(),
-            StoreOptions {
-                checkpoint_every: config.audit.checkpoint_every,
-                batch_max: config.audit.batch_max,
-            },
+            StoreOptions { checkpoint_every: config.audit.checkpoint_every, batch_max: config.audit.batch_max },
         )?;
 
         let derive = |label: &str| -> Secret { master.derive(label) };
@@ -168,14 +159,7 @@ impl AppState {
             config,
             _lock: lock,
         }));
-        Ok((
-            state,
-            Startup {
-                setup_code,
-                setup_token_path,
-                data_dir,
-            },
-        ))
+        Ok((state, Startup { setup_code, setup_token_path, data_dir }))
     }
 
     /// The configuration in force.
@@ -204,11 +188,7 @@ impl AppState {
     }
 
     /// Append a system event (start, stop) to the audit chain.
-    pub async fn audit_system(
-        &self,
-        action: &str,
-        details: serde_json::Value,
-    ) -> anyhow::Result<()> {
+    pub async fn audit_system(&self, action: &str, details: serde_json::Value) -> anyhow::Result<()> {
         let ev = NewAuditEvent {
             actor: "system".into(),
             auth_method: AuthMethod::System,
@@ -220,10 +200,7 @@ impl AppState {
             outcome: "success".into(),
             details,
         };
-        self.0
-            .store
-            .write(move |_| Ok(WriteOutcome::audited((), ev)))
-            .await?;
+        self.0.store.write(move |_| Ok(WriteOutcome::audited((), ev))).await?;
         Ok(())
     }
 
@@ -260,9 +237,5 @@ fn new_setup_code() -> String {
             }
         }
     }
-    chars
-        .chunks(5)
-        .map(|c| c.iter().collect::<String>())
-        .collect::<Vec<_>>()
-        .join("-")
+    chars.chunks(5).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
 }

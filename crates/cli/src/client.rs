@@ -35,29 +35,16 @@ impl Client {
                     .to_owned()
             }
         };
-        Ok(Self {
-            http: reqwest::Client::new(),
-            base: c.server.trim_end_matches('/').to_owned(),
-            token,
-            json: c.json,
-        })
+        Ok(Self { http: reqwest::Client::new(), base: c.server.trim_end_matches('/').to_owned(), token, json: c.json })
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<reqwest::Response> {
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the maasbox server at {}", self.base))?;
+        let resp = req.send().await.with_context(|| format!("cannot reach the maasbox server at {}", self.base))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -76,12 +63,7 @@ impl Client {
         }
     }
 
-    pub(crate) async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let resp = self.send(method, path, body).await?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(Value::Null);
@@ -99,11 +81,7 @@ impl Client {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|u| {
-                u["username"]
-                    .as_str()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(user))
-            })
+            .find(|u| u["username"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(user)))
             .and_then(|u| u["id"].as_i64())
             .with_context(|| format!("no user named '{user}'"))
     }
@@ -137,15 +115,9 @@ fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
 
 fn table(rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..cols).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
@@ -160,29 +132,20 @@ fn s(v: &Value) -> String {
 
 pub(crate) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
     match cmd {
-        UserCmd::Add {
-            username,
-            role,
-            display_name,
-            password_stdin,
-            c,
-        } => {
+        UserCmd::Add { username, role, display_name, password_stdin, c } => {
             let cl = Client::new(&c)?;
-            let password = if password_stdin {
-                Some(read_password(true, "")?)
-            } else {
-                None
-            };
+            let password = if password_stdin { Some(read_password(true, "")?) } else { None };
             let v = cl
-                .call(Method::POST, "/api/v1/users", Some(json!({"username": username, "role": role, "display_name": display_name, "password": password})))
+                .call(
+                    Method::POST,
+                    "/api/v1/users",
+                    Some(
+                        json!({"username": username, "role": role, "display_name": display_name, "password": password}),
+                    ),
+                )
                 .await?;
             cl.print(&v, |v| {
-                println!(
-                    "created user {} (id {}, role {})",
-                    s(&v["username"]),
-                    s(&v["id"]),
-                    s(&v["role"])
-                );
+                println!("created user {} (id {}, role {})", s(&v["username"]), s(&v["id"]), s(&v["role"]));
                 if let Some(pw) = v["initial_password"].as_str() {
                     println!("initial password (shown once; must be changed at first login): {pw}");
                 }
@@ -192,13 +155,8 @@ pub(crate) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             let cl = Client::new(&c)?;
             let v = cl.call(Method::GET, "/api/v1/users", None).await?;
             cl.print(&v, |v| {
-                let mut rows = vec![vec![
-                    "ID".into(),
-                    "USERNAME".into(),
-                    "ROLE".into(),
-                    "STATUS".into(),
-                    "DISPLAY NAME".into(),
-                ]];
+                let mut rows =
+                    vec![vec!["ID".into(), "USERNAME".into(), "ROLE".into(), "STATUS".into(), "DISPLAY NAME".into()]];
                 for u in v["data"].as_array().into_iter().flatten() {
                     rows.push(vec![
                         s(&u["id"]),
@@ -213,27 +171,17 @@ pub(crate) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
         }
         UserCmd::Disable { user, c } => set_status(&c, &user, "disabled").await?,
         UserCmd::Enable { user, c } => set_status(&c, &user, "active").await?,
-        UserCmd::Passwd {
-            user,
-            password_stdin,
-            c,
-        } => {
+        UserCmd::Passwd { user, password_stdin, c } => {
             let cl = Client::new(&c)?;
             let id = cl.user_id(&user).await?;
             let pw = read_password(password_stdin, "New password: ")?;
-            cl.call(
-                Method::POST,
-                &format!("/api/v1/users/{id}/password"),
-                Some(json!({"password": pw})),
-            )
-            .await?;
+            cl.call(Method::POST, &format!("/api/v1/users/{id}/password"), Some(json!({"password": pw}))).await?;
             println!("password of {user} changed; their sessions were ended");
         }
         UserCmd::Rm { user, c } => {
             let cl = Client::new(&c)?;
             let id = cl.user_id(&user).await?;
-            cl.call(Method::DELETE, &format!("/api/v1/users/{id}"), None)
-                .await?;
+            cl.call(Method::DELETE, &format!("/api/v1/users/{id}"), None).await?;
             println!("deleted user {user}");
         }
     }
@@ -243,28 +191,14 @@ pub(crate) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
 async fn set_status(c: &ClientArgs, user: &str, status: &str) -> anyhow::Result<()> {
     let cl = Client::new(c)?;
     let id = cl.user_id(user).await?;
-    let v = cl
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/users/{id}"),
-            Some(json!({"status": status})),
-        )
-        .await?;
-    cl.print(&v, |v| {
-        println!("{} is now {}", s(&v["username"]), s(&v["status"]))
-    });
+    let v = cl.call(Method::PATCH, &format!("/api/v1/users/{id}"), Some(json!({"status": status}))).await?;
+    cl.print(&v, |v| println!("{} is now {}", s(&v["username"]), s(&v["status"])));
     Ok(())
 }
 
 pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create {
-            name,
-            user,
-            models,
-            expires_in_days,
-            c,
-        } => {
+        KeyCmd::Create { name, user, models, expires_in_days, c } => {
             let cl = Client::new(&c)?;
             let user_id = match &user {
                 Some(u) => Some(cl.user_id(u).await?),
@@ -284,17 +218,7 @@ pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::List { all, c } => {
             let cl = Client::new(&c)?;
-            let v = cl
-                .call(
-                    Method::GET,
-                    if all {
-                        "/api/v1/keys?all=true"
-                    } else {
-                        "/api/v1/keys"
-                    },
-                    None,
-                )
-                .await?;
+            let v = cl.call(Method::GET, if all { "/api/v1/keys?all=true" } else { "/api/v1/keys" }, None).await?;
             cl.print(&v, |v| {
                 let mut rows = vec![vec![
                     "ID".into(),
@@ -323,14 +247,8 @@ pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::Revoke { id, c } => {
             let cl = Client::new(&c)?;
-            let id = id
-                .trim_start_matches("mbx_")
-                .split('_')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            cl.call(Method::DELETE, &format!("/api/v1/keys/{id}"), None)
-                .await?;
+            let id = id.trim_start_matches("mbx_").split('_').next().unwrap_or_default().to_owned();
+            cl.call(Method::DELETE, &format!("/api/v1/keys/{id}"), None).await?;
             println!("revoked key {id}");
         }
     }
@@ -348,12 +266,7 @@ pub(crate) async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 bail!("audit chain is broken");
             }
         }
-        AuditCmd::Export {
-            out,
-            from_seq,
-            to_seq,
-            c,
-        } => {
+        AuditCmd::Export { out, from_seq, to_seq, c } => {
             let cl = Client::new(&c)?;
             let mut q = Vec::new();
             if let Some(f) = from_seq {
@@ -362,20 +275,14 @@ pub(crate) async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             if let Some(t) = to_seq {
                 q.push(format!("to_seq={t}"));
             }
-            let path = format!(
-                "/api/v1/audit/export{}{}",
-                if q.is_empty() { "" } else { "?" },
-                q.join("&")
-            );
+            let path = format!("/api/v1/audit/export{}{}", if q.is_empty() { "" } else { "?" }, q.join("&"));
             let body = cl.send(Method::GET, &path, None).await?.bytes().await?;
             let text = body.strip_suffix(b"\n").unwrap_or(&body);
             let split = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             let (events, last) = text.split_at(split);
-            let manifest: Value = serde_json::from_slice(last)
-                .context("the export did not end with a manifest line")?;
-            let manifest = manifest
-                .get("manifest")
-                .context("the export did not end with a manifest line")?;
+            let manifest: Value =
+                serde_json::from_slice(last).context("the export did not end with a manifest line")?;
+            let manifest = manifest.get("manifest").context("the export did not end with a manifest line")?;
             std::fs::write(&out, events).with_context(|| format!("writing {}", out.display()))?;
             let mpath = crate::offline::manifest_path(&out);
             std::fs::write(&mpath, serde_json::to_vec_pretty(manifest)?)?;

@@ -60,10 +60,7 @@ impl ConfigArgs {
     fn load(&self, extra: Vec<(&'static str, toml::Value)>) -> anyhow::Result<maasbox_api::Config> {
         let mut overrides = extra;
         if let Some(d) = &self.data_dir {
-            overrides.push((
-                "storage.data_dir",
-                toml::Value::String(d.display().to_string()),
-            ));
+            overrides.push(("storage.data_dir", toml::Value::String(d.display().to_string())));
         }
         let cfg = maasbox_api::config::load(self.config.as_deref(), std::env::vars(), &overrides)?;
         cfg.validate()?;
@@ -93,12 +90,7 @@ struct ServeArgs {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ClientArgs {
     /// Server URL.
-    #[arg(
-        long,
-        env = "MAASBOX_URL",
-        default_value = "http://127.0.0.1:8686",
-        global = true
-    )]
+    #[arg(long, env = "MAASBOX_URL", default_value = "http://127.0.0.1:8686", global = true)]
     server: String,
     /// API key or access token; without it the owner token in the data directory is used.
     #[arg(long, env = "MAASBOX_TOKEN", hide_env_values = true, global = true)]
@@ -249,10 +241,7 @@ enum AdminCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -274,15 +263,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => client::user(cmd).await,
         Command::Key(cmd) => client::key(cmd).await,
         // The offline commands block on SQLite and the store's writer: off the async threads.
-        Command::Audit(AuditCmd::Verify {
-            offline: true, c, ..
-        }) => blocking(move || offline::verify(&c.cfg, c.json)).await,
-        Command::Audit(AuditCmd::Verify {
-            file: Some(f),
-            trust,
-            c,
-            ..
-        }) => blocking(move || offline::verify_export(&f, trust.as_deref(), c.json)).await,
+        Command::Audit(AuditCmd::Verify { offline: true, c, .. }) => {
+            blocking(move || offline::verify(&c.cfg, c.json)).await
+        }
+        Command::Audit(AuditCmd::Verify { file: Some(f), trust, c, .. }) => {
+            blocking(move || offline::verify_export(&f, trust.as_deref(), c.json)).await
+        }
         Command::Audit(cmd) => client::audit(cmd).await,
         Command::Admin(AdminCmd::ResetPassword { user, cfg }) => {
             blocking(move || offline::reset_password(&cfg, &user)).await
@@ -314,9 +300,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let _guard = maasbox_api::init_logging(&cfg.log, &data_dir)?;
     let addr = std::net::SocketAddr::new(cfg.server.effective_bind(), cfg.server.port);
     let (state, startup) = maasbox_api::AppState::open(cfg, maasbox_engine::EngineHandle::new())?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     println!(
         "maasbox {} listening on http://{local} (data: {})",
@@ -326,10 +311,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(code) = &startup.setup_code {
         println!();
         println!("maasbox has no users yet. One-time setup code: {code}");
-        println!(
-            "(also written to {}, readable only by you)",
-            startup.setup_token_path.display()
-        );
+        println!("(also written to {}, readable only by you)", startup.setup_token_path.display());
         println!("Create the first admin:");
         println!(
             "  curl -sX POST http://{local}/api/v1/auth/setup -H 'content-type: application/json' \\\n    -d '{{\"code\":\"{code}\",\"username\":\"admin\",\"password\":\"<a strong password>\"}}'"

@@ -28,9 +28,7 @@ pub(crate) fn print_report(v: &Value) {
     } else {
         println!(
             "audit chain BROKEN at seq {}: {}",
-            v["first_bad_seq"]
-                .as_i64()
-                .map_or("?".into(), |s| s.to_string()),
+            v["first_bad_seq"].as_i64().map_or("?".into(), |s| s.to_string()),
             v["reason"].as_str().unwrap_or("unknown")
         );
     }
@@ -57,9 +55,7 @@ fn appliance_key(data_dir: &Path) -> Option<Sm2PublicKey> {
             return Some(kp.public_key());
         }
     }
-    std::fs::read_to_string(keys.join("sm2.pub"))
-        .ok()
-        .and_then(|h| Sm2PublicKey::from_hex(h.trim()).ok())
+    std::fs::read_to_string(keys.join("sm2.pub")).ok().and_then(|h| Sm2PublicKey::from_hex(h.trim()).ok())
 }
 
 pub(crate) fn verify(cfg: &ConfigArgs, json_out: bool) -> anyhow::Result<()> {
@@ -67,32 +63,21 @@ pub(crate) fn verify(cfg: &ConfigArgs, json_out: bool) -> anyhow::Result<()> {
     let dir = maasbox_api::state::expand_home(&cfg.storage.data_dir);
     let trusted = appliance_key(&dir);
     if trusted.is_none() {
-        eprintln!(
-            "warning: no appliance key in {}; checkpoint signers cannot be pinned",
-            dir.join("keys").display()
-        );
+        eprintln!("warning: no appliance key in {}; checkpoint signers cannot be pinned", dir.join("keys").display());
     }
     let report = maasbox_store::verify_database(&dir.join("maasbox.db"), trusted.as_ref())
         .with_context(|| format!("reading {}", dir.join("maasbox.db").display()))?;
     finish(&report, json_out)
 }
 
-pub(crate) fn verify_export(
-    file: &Path,
-    trust: Option<&str>,
-    json_out: bool,
-) -> anyhow::Result<()> {
+pub(crate) fn verify_export(file: &Path, trust: Option<&str>, json_out: bool) -> anyhow::Result<()> {
     let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let mpath = manifest_path(file);
     let manifest: audit::ExportManifest = serde_json::from_slice(
-        &std::fs::read(&mpath)
-            .with_context(|| format!("reading the manifest {}", mpath.display()))?,
+        &std::fs::read(&mpath).with_context(|| format!("reading the manifest {}", mpath.display()))?,
     )
     .context("the manifest is not a maasbox export manifest")?;
-    let trusted = trust
-        .map(Sm2PublicKey::from_hex)
-        .transpose()
-        .context("--trust is not an SM2 public key")?;
+    let trusted = trust.map(Sm2PublicKey::from_hex).transpose().context("--trust is not an SM2 public key")?;
     if trusted.is_none() {
         eprintln!("note: without --trust, the signature is checked against the key inside the manifest only");
     }
@@ -111,21 +96,14 @@ pub(crate) fn reset_password(cfg: &ConfigArgs, username: &str) -> anyhow::Result
     let store = Store::open(
         &dir.join("maasbox.db"),
         Arc::new(signing),
-        StoreOptions {
-            checkpoint_every: cfg.audit.checkpoint_every,
-            batch_max: cfg.audit.batch_max,
-        },
+        StoreOptions { checkpoint_every: cfg.audit.checkpoint_every, batch_max: cfg.audit.batch_max },
     )?;
     let name = username.to_owned();
     let user = store
         .read_blocking(move |c| users::by_name(c, &name))
         .map_err(|_| anyhow::anyhow!("no user named '{username}'"))?;
     let temp = format!("Reset-{}", maasbox_crypto::random_hex(8));
-    let alg = if cfg.crypto.gm_mode {
-        password::Algorithm::Pbkdf2Sm3
-    } else {
-        password::Algorithm::Argon2id
-    };
+    let alg = if cfg.crypto.gm_mode { password::Algorithm::Pbkdf2Sm3 } else { password::Algorithm::Argon2id };
     let hash = password::hash(&temp, alg)?;
     let os_user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let ev = NewAuditEvent {
@@ -142,21 +120,11 @@ pub(crate) fn reset_password(cfg: &ConfigArgs, username: &str) -> anyhow::Result
     let id = user.id;
     store.write_blocking(move |c| {
         users::set_password(c, id, &hash, true)?;
-        users::update(
-            c,
-            id,
-            &users::UserPatch {
-                status: Some(UserStatus::Active),
-                ..Default::default()
-            },
-        )?;
+        users::update(c, id, &users::UserPatch { status: Some(UserStatus::Active), ..Default::default() })?;
         Ok(WriteOutcome::audited((), ev))
     })?;
     store.shutdown();
-    println!(
-        "password of {} reset; all their sessions were ended.",
-        user.username
-    );
+    println!("password of {} reset; all their sessions were ended.", user.username);
     println!("temporary password (must be changed at next login): {temp}");
     Ok(())
 }

@@ -55,18 +55,11 @@ fn serve(dir: &Path) -> Served {
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Served {
-        child,
-        url: url.expect("server printed its address"),
-        setup_code,
-    }
+    Served { child, url: url.expect("server printed its address"), setup_code }
 }
 
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     child.wait().unwrap()
 }
 
@@ -86,8 +79,7 @@ fn ok(o: &Output) -> String {
 
 fn client(srv: &Served, dir: &Path, args: &[&str]) -> Command {
     let mut c = maasbox(args);
-    c.env("MAASBOX_URL", &srv.url)
-        .args(["--data-dir", dir.to_str().unwrap()]);
+    c.env("MAASBOX_URL", &srv.url).args(["--data-dir", dir.to_str().unwrap()]);
     c
 }
 
@@ -101,28 +93,15 @@ async fn setup(http: &reqwest::Client, srv: &Served) -> String {
         .json()
         .await
         .unwrap();
-    v["access_token"]
-        .as_str()
-        .expect("setup succeeded")
-        .to_owned()
+    v["access_token"].as_str().expect("setup succeeded").to_owned()
 }
 
 async fn me_status(http: &reqwest::Client, srv: &Served, token: &str) -> u16 {
-    http.get(format!("{}/api/v1/auth/me", srv.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    http.get(format!("{}/api/v1/auth/me", srv.url)).bearer_auth(token).send().await.unwrap().status().as_u16()
 }
 
 fn last_secret(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.split("store it now): ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned()
+    out.lines().find_map(|l| l.split("store it now): ").nth(1)).unwrap().trim().to_owned()
 }
 
 #[tokio::test]
@@ -130,80 +109,38 @@ async fn serve_and_admin_cli_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut srv = serve(&dir);
-    let code = srv
-        .setup_code
-        .clone()
-        .expect("first run prints a setup code");
-    assert_eq!(
-        std::fs::read_to_string(dir.join("setup.token"))
-            .unwrap()
-            .trim(),
-        code
-    );
+    let code = srv.setup_code.clone().expect("first run prints a setup code");
+    assert_eq!(std::fs::read_to_string(dir.join("setup.token")).unwrap().trim(), code);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(dir.join("setup.token"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(dir.join("setup.token")).unwrap().permissions().mode() & 0o777, 0o600);
     }
     let http = reqwest::Client::new();
     setup(&http, &srv).await;
 
     // Users, through the owner token read from the data directory.
-    let out = ok(&run(client(
-        &srv,
-        &dir,
-        &["user", "add", "bob", "--role", "developer"],
-    )));
+    let out = ok(&run(client(&srv, &dir, &["user", "add", "bob", "--role", "developer"])));
     assert!(out.contains("created user bob"), "{out}");
-    let bob_pw = out
-        .lines()
-        .find_map(|l| l.split("first login): ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bob_pw = out.lines().find_map(|l| l.split("first login): ").nth(1)).unwrap().trim().to_owned();
     let out = ok(&run(client(&srv, &dir, &["user", "list"])));
-    assert!(
-        out.contains("bob") && out.contains("developer") && out.contains("chief"),
-        "{out}"
-    );
-    let v: Value =
-        serde_json::from_str(&ok(&run(client(&srv, &dir, &["user", "list", "--json"])))).unwrap();
+    assert!(out.contains("bob") && out.contains("developer") && out.contains("chief"), "{out}");
+    let v: Value = serde_json::from_str(&ok(&run(client(&srv, &dir, &["user", "list", "--json"])))).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
 
     // Keys.
-    let out = ok(&run(client(
-        &srv,
-        &dir,
-        &[
-            "key", "create", "--name", "ci", "--user", "bob", "--models", "a,b",
-        ],
-    )));
+    let out = ok(&run(client(&srv, &dir, &["key", "create", "--name", "ci", "--user", "bob", "--models", "a,b"])));
     let secret = last_secret(&out);
     assert!(secret.starts_with("mbx_"));
     assert_eq!(me_status(&http, &srv, &secret).await, 200);
     let out = ok(&run(client(&srv, &dir, &["key", "list", "--all"])));
-    assert!(
-        out.contains("ci") && out.contains("a,b") && !out.contains(&secret),
-        "{out}"
-    );
+    assert!(out.contains("ci") && out.contains("a,b") && !out.contains(&secret), "{out}");
 
     // A key as MAASBOX_TOKEN: bob (developer) may list his own keys but not users.
     let out = run(client(&srv, &dir, &["user", "list"]).env("MAASBOX_TOKEN", &secret));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
-        "{out:?}"
-    );
-    ok(&run(
-        client(&srv, &dir, &["key", "list"]).env("MAASBOX_TOKEN", &secret)
-    ));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{out:?}");
+    ok(&run(client(&srv, &dir, &["key", "list"]).env("MAASBOX_TOKEN", &secret)));
 
     // Disable stops the key at once; enable restores it.
     ok(&run(client(&srv, &dir, &["user", "disable", "bob"])));
@@ -217,23 +154,13 @@ async fn serve_and_admin_cli_end_to_end() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Another-Passw0rd\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Another-Passw0rd\n").unwrap();
     assert!(child.wait().unwrap().success());
     let login = |pw: &str| {
-        http.post(format!("{}/api/v1/auth/login", srv.url))
-            .json(&json!({"username": "bob", "password": pw}))
-            .send()
+        http.post(format!("{}/api/v1/auth/login", srv.url)).json(&json!({"username": "bob", "password": pw})).send()
     };
     assert_eq!(login(&bob_pw).await.unwrap().status().as_u16(), 401);
-    assert_eq!(
-        login("Another-Passw0rd").await.unwrap().status().as_u16(),
-        200
-    );
+    assert_eq!(login("Another-Passw0rd").await.unwrap().status().as_u16(), 200);
 
     let key_id = secret.split('_').nth(1).unwrap().to_owned();
     ok(&run(client(&srv, &dir, &["key", "revoke", &key_id])));
@@ -246,75 +173,32 @@ async fn serve_and_admin_cli_end_to_end() {
     let out = ok(&run(client(&srv, &dir, &["audit", "verify"])));
     assert!(out.contains("audit chain OK"), "{out}");
     let export = tmp.path().join("audit.jsonl");
-    let out = ok(&run(client(
-        &srv,
-        &dir,
-        &["audit", "export", "--out", export.to_str().unwrap()],
-    )));
+    let out = ok(&run(client(&srv, &dir, &["audit", "export", "--out", export.to_str().unwrap()])));
     assert!(out.contains("signed manifest"), "{out}");
     let pubkey = std::fs::read_to_string(dir.join("keys/sm2.pub")).unwrap();
-    let out = ok(&run(maasbox(&[
-        "audit",
-        "verify",
-        "--file",
-        export.to_str().unwrap(),
-        "--trust",
-        pubkey.trim(),
-    ])));
+    let out = ok(&run(maasbox(&["audit", "verify", "--file", export.to_str().unwrap(), "--trust", pubkey.trim()])));
     assert!(out.contains("audit chain OK"), "{out}");
     let text = std::fs::read_to_string(&export).unwrap();
     let line3 = text.lines().nth(2).unwrap().to_owned();
     let seq3: Value = serde_json::from_str(&line3).unwrap();
-    std::fs::write(
-        &export,
-        text.replacen(&line3, &line3.replace("\"success\"", "\"failure\""), 1),
-    )
-    .unwrap();
-    let out = run(&mut maasbox(&[
-        "audit",
-        "verify",
-        "--file",
-        export.to_str().unwrap(),
-        "--trust",
-        pubkey.trim(),
-    ]));
+    std::fs::write(&export, text.replacen(&line3, &line3.replace("\"success\"", "\"failure\""), 1)).unwrap();
+    let out = run(&mut maasbox(&["audit", "verify", "--file", export.to_str().unwrap(), "--trust", pubkey.trim()]));
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("BROKEN at seq {}", seq3["seq"])),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("BROKEN at seq {}", seq3["seq"])), "{stdout}");
 
     // SIGTERM: graceful stop, the writer drained, the stop recorded, the chain intact.
     let status = sigterm(&mut srv.child);
     assert!(status.success(), "{status:?}");
-    let out = ok(&run(maasbox(&[
-        "audit",
-        "verify",
-        "--offline",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--json",
-    ])));
+    let out = ok(&run(maasbox(&["audit", "verify", "--offline", "--data-dir", dir.to_str().unwrap(), "--json"])));
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["valid"], true);
     let db = rusqlite::Connection::open(dir.join("maasbox.db")).unwrap();
-    let last: String = db
-        .query_row(
-            "SELECT action FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last: String =
+        db.query_row("SELECT action FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
     assert_eq!(last, "system.stop");
-    let logs: Vec<PathBuf> = std::fs::read_dir(dir.join("logs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(
-        logs.iter().any(|p| std::fs::metadata(p).unwrap().len() > 0),
-        "rolling log file written: {logs:?}"
-    );
+    let logs: Vec<PathBuf> = std::fs::read_dir(dir.join("logs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(logs.iter().any(|p| std::fs::metadata(p).unwrap().len() > 0), "rolling log file written: {logs:?}");
 }
 
 #[tokio::test]
@@ -327,40 +211,14 @@ async fn offline_reset_password_and_offline_verify() {
     setup(&http, &srv).await;
 
     // Refused while the server holds the data directory.
-    let out = run(&mut maasbox(&[
-        "admin",
-        "reset-password",
-        "--data-dir",
-        &d,
-        "chief",
-    ]));
+    let out = run(&mut maasbox(&["admin", "reset-password", "--data-dir", &d, "chief"]));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another maasbox process"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another maasbox process"), "{out:?}");
     assert!(sigterm(&mut srv.child).success());
 
-    let out = ok(&run(&mut maasbox(&[
-        "admin",
-        "reset-password",
-        "--data-dir",
-        &d,
-        "chief",
-    ])));
-    let temp = out
-        .lines()
-        .find_map(|l| l.split("next login): ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let out = run(&mut maasbox(&[
-        "admin",
-        "reset-password",
-        "--data-dir",
-        &d,
-        "nobody",
-    ]));
+    let out = ok(&run(&mut maasbox(&["admin", "reset-password", "--data-dir", &d, "chief"])));
+    let temp = out.lines().find_map(|l| l.split("next login): ").nth(1)).unwrap().trim().to_owned();
+    let out = run(&mut maasbox(&["admin", "reset-password", "--data-dir", &d, "nobody"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user named 'nobody'"));
 
     let srv = serve(&dir);
@@ -377,10 +235,7 @@ async fn offline_reset_password_and_offline_verify() {
     assert_eq!(v["user"]["must_change_password"], true, "{v}");
     let access = v["access_token"].as_str().unwrap();
     let page: Value = http
-        .get(format!(
-            "{}/api/v1/audit/logs?action=user.password.reset_offline",
-            srv.url
-        ))
+        .get(format!("{}/api/v1/audit/logs?action=user.password.reset_offline", srv.url))
         .bearer_auth(access)
         .send()
         .await
@@ -395,25 +250,10 @@ async fn offline_reset_password_and_offline_verify() {
     // Offline verify finds a direct edit of the database.
     let db = rusqlite::Connection::open(dir.join("maasbox.db")).unwrap();
     db.execute_batch("DROP TRIGGER audit_events_no_update; UPDATE audit_events SET actor = 'mallory' WHERE action = 'user.password.reset_offline';").unwrap();
-    let seq: i64 = db
-        .query_row(
-            "SELECT seq FROM audit_events WHERE actor = 'mallory'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let out = run(&mut maasbox(&[
-        "audit",
-        "verify",
-        "--offline",
-        "--data-dir",
-        &d,
-    ]));
+    let seq: i64 = db.query_row("SELECT seq FROM audit_events WHERE actor = 'mallory'", [], |r| r.get(0)).unwrap();
+    let out = run(&mut maasbox(&["audit", "verify", "--offline", "--data-dir", &d]));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("BROKEN at seq {seq}")),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("BROKEN at seq {seq}")), "{out:?}");
 }
 
 #[test]
@@ -429,50 +269,22 @@ fn bad_configuration_and_newer_databases_stop_startup_with_a_clear_message() {
         tmp.path().join("d").to_str().unwrap(),
     ]));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("server.bnid"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.bnid"), "{out:?}");
 
-    let out = run(maasbox(&[
-        "serve",
-        "--data-dir",
-        tmp.path().join("d").to_str().unwrap(),
-    ])
-    .env("MAASBOX_AUTH_MIN_PASSWORD_LENGTH", "many"));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("auth.min_password_length"),
-        "{out:?}"
-    );
+    let out = run(maasbox(&["serve", "--data-dir", tmp.path().join("d").to_str().unwrap()])
+        .env("MAASBOX_AUTH_MIN_PASSWORD_LENGTH", "many"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.min_password_length"), "{out:?}");
 
-    let out = run(&mut maasbox(&[
-        "serve",
-        "--lan",
-        "--data-dir",
-        tmp.path().join("d").to_str().unwrap(),
-    ]));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("allow_plain_http_on_lan"),
-        "{out:?}"
-    );
+    let out = run(&mut maasbox(&["serve", "--lan", "--data-dir", tmp.path().join("d").to_str().unwrap()]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_plain_http_on_lan"), "{out:?}");
 
     let dir = tmp.path().join("newer");
     std::fs::create_dir_all(&dir).unwrap();
-    rusqlite::Connection::open(dir.join("maasbox.db"))
-        .unwrap()
-        .pragma_update(None, "user_version", 42)
-        .unwrap();
-    let out = run(&mut maasbox(&[
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]));
+    rusqlite::Connection::open(dir.join("maasbox.db")).unwrap().pragma_update(None, "user_version", 42).unwrap();
+    let out = run(&mut maasbox(&["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()]));
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("database schema version 42 is newer than this maasbox supports"),
+        String::from_utf8_lossy(&out.stderr).contains("database schema version 42 is newer than this maasbox supports"),
         "{out:?}"
     );
 }
@@ -491,13 +303,8 @@ async fn kill_9_loses_no_acknowledged_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..16 {
-        let (http, url, admin, acked, stop) = (
-            http.clone(),
-            srv.url.clone(),
-            admin.clone(),
-            acked.clone(),
-            stop.clone(),
-        );
+        let (http, url, admin, acked, stop) =
+            (http.clone(), srv.url.clone(), admin.clone(), acked.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -533,25 +340,14 @@ async fn kill_9_loses_no_acknowledged_write() {
     let acked = acked.take();
     assert!(acked.len() >= 300);
 
-    let out = ok(&run(&mut maasbox(&[
-        "audit",
-        "verify",
-        "--offline",
-        "--json",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ])));
+    let out = ok(&run(&mut maasbox(&["audit", "verify", "--offline", "--json", "--data-dir", dir.to_str().unwrap()])));
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["valid"], true, "{report}");
 
     let db = rusqlite::Connection::open(dir.join("maasbox.db")).unwrap();
     let mut missing = Vec::new();
     for id in &acked {
-        let row: i64 = db
-            .query_row("SELECT COUNT(*) FROM api_keys WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let row: i64 = db.query_row("SELECT COUNT(*) FROM api_keys WHERE id = ?1", [id], |r| r.get(0)).unwrap();
         let ev: i64 = db
             .query_row(
                 "SELECT COUNT(*) FROM audit_events WHERE action = 'key.create' AND resource = ?1",
@@ -563,12 +359,7 @@ async fn kill_9_loses_no_acknowledged_write() {
             missing.push(id.clone());
         }
     }
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged writes lost: {missing:?}",
-        missing.len(),
-        acked.len()
-    );
+    assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {missing:?}", missing.len(), acked.len());
     eprintln!(
         "kill -9 after {} acknowledged writes: all present, chain valid ({} events)",
         acked.len(),

@@ -153,13 +153,7 @@ pub fn sm4_gcm_seal(key: &[u8], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let nonce_bytes = random_bytes(12);
     let nonce = aes_gcm::Nonce::try_from(&nonce_bytes[..]).expect("12-byte nonce");
     let ct = cipher
-        .encrypt(
-            &nonce,
-            aes_gcm::aead::Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
+        .encrypt(&nonce, aes_gcm::aead::Payload { msg: plaintext, aad })
         .expect("SM4-GCM encryption cannot fail for in-memory buffers");
     let mut out = Vec::with_capacity(1 + 12 + ct.len());
     out.push(1);
@@ -174,26 +168,14 @@ pub fn sm4_gcm_open(key: &[u8], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Cr
         return Err(CryptoError::Malformed("sealed data"));
     }
     let cipher = Sm4Gcm::new_from_slice(key).map_err(|_| CryptoError::Malformed("SM4 key"))?;
-    let nonce =
-        aes_gcm::Nonce::try_from(&sealed[1..13]).map_err(|_| CryptoError::Malformed("nonce"))?;
-    cipher
-        .decrypt(
-            &nonce,
-            aes_gcm::aead::Payload {
-                msg: &sealed[13..],
-                aad,
-            },
-        )
-        .map_err(|_| CryptoError::Unauthentic)
+    let nonce = aes_gcm::Nonce::try_from(&sealed[1..13]).map_err(|_| CryptoError::Malformed("nonce"))?;
+    cipher.decrypt(&nonce, aes_gcm::aead::Payload { msg: &sealed[13..], aad }).map_err(|_| CryptoError::Unauthentic)
 }
 
 /// Write `bytes` to `path` with mode 0600, atomically (temp file + rename), refusing to
 /// overwrite an existing file.
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), CryptoError> {
-    let io = |source| CryptoError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| CryptoError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             fs::create_dir_all(dir).map_err(io)?;
@@ -218,10 +200,7 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), CryptoError> {
     drop(f);
     if path.exists() {
         let _ = fs::remove_file(&tmp);
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "already exists",
-        )));
+        return Err(io(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists")));
     }
     fs::rename(&tmp, path).map_err(io)?;
     Ok(())
@@ -243,10 +222,7 @@ impl Keyring {
         let sm2_path = keys_dir.join("sm2.key");
         let master = match read_secret(&master_path)? {
             Some(bytes) => {
-                let arr: [u8; 32] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| CryptoError::Malformed("master.key"))?;
+                let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::Malformed("master.key"))?;
                 MasterKey::from_bytes(arr)
             }
             None => {
@@ -257,8 +233,7 @@ impl Keyring {
         };
         let signing = match read_secret(&sm2_path)? {
             Some(bytes) => {
-                let text =
-                    String::from_utf8(bytes).map_err(|_| CryptoError::Malformed("sm2.key"))?;
+                let text = String::from_utf8(bytes).map_err(|_| CryptoError::Malformed("sm2.key"))?;
                 Sm2KeyPair::from_private_hex(text.trim())?
             }
             None => {
@@ -276,10 +251,7 @@ fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, CryptoError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CryptoError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(CryptoError::Io { path: path.to_owned(), source }),
     }
 }
 

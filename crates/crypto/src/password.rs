@@ -31,11 +31,7 @@ pub fn hash(password: &str, alg: Algorithm) -> Result<String, CryptoError> {
         Algorithm::Pbkdf2Sm3 => {
             let salt = random_bytes(16);
             let out = pbkdf2_sm3(password.as_bytes(), &salt, PBKDF2_SM3_ROUNDS);
-            Ok(format!(
-                "$pbkdf2-sm3$i={PBKDF2_SM3_ROUNDS}${}${}",
-                B64.encode(&salt),
-                B64.encode(out)
-            ))
+            Ok(format!("$pbkdf2-sm3$i={PBKDF2_SM3_ROUNDS}${}${}", B64.encode(&salt), B64.encode(out)))
         }
     }
 }
@@ -44,8 +40,7 @@ pub fn hash(password: &str, alg: Algorithm) -> Result<String, CryptoError> {
 pub fn verify(password: &str, stored: &str) -> bool {
     if let Some(rest) = stored.strip_prefix("$pbkdf2-sm3$") {
         let mut parts = rest.split('$');
-        let (Some(iter), Some(salt), Some(want), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(iter), Some(salt), Some(want), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return false;
         };
@@ -61,9 +56,7 @@ pub fn verify(password: &str, stored: &str) -> bool {
         return ct_eq(&pbkdf2_sm3(password.as_bytes(), &salt, rounds), &want);
     }
     match argon2::password_hash::phc::PasswordHash::new(stored) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
+        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
     }
 }

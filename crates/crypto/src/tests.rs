@@ -5,10 +5,7 @@ use sm4::cipher::KeyInit;
 #[test]
 fn sm3_gbt32905_vectors() {
     // GB/T 32905-2016, Appendix A, examples 1 and 2.
-    assert_eq!(
-        hex::encode(sm3_digest(b"abc")),
-        "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
-    );
+    assert_eq!(hex::encode(sm3_digest(b"abc")), "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0");
     assert_eq!(
         hex::encode(sm3_digest("abcd".repeat(16).as_bytes())),
         "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"
@@ -35,18 +32,12 @@ fn sm4_gbt32907_vectors() {
 fn sm4_gcm_round_trip_and_tamper_detection() {
     let mk = MasterKey::generate();
     let sealed = mk.seal(b"upstream api key", b"upstream:7");
-    assert_eq!(
-        mk.open(&sealed, b"upstream:7").unwrap(),
-        b"upstream api key"
-    );
+    assert_eq!(mk.open(&sealed, b"upstream:7").unwrap(), b"upstream api key");
     // Every single-bit flip in nonce, ciphertext or tag is detected.
     for i in 1..sealed.len() {
         let mut t = sealed.clone();
         t[i] ^= 0x01;
-        assert!(
-            matches!(mk.open(&t, b"upstream:7"), Err(CryptoError::Unauthentic)),
-            "flip at {i}"
-        );
+        assert!(matches!(mk.open(&t, b"upstream:7"), Err(CryptoError::Unauthentic)), "flip at {i}");
     }
     // Wrong context or wrong key fails too.
     assert!(mk.open(&sealed, b"upstream:8").is_err());
@@ -79,10 +70,7 @@ fn sm2_sign_verify_and_encrypt_decrypt() {
     let sig = kp.sign(b"checkpoint 1000");
     pk.verify(b"checkpoint 1000", &sig).unwrap();
     assert!(pk.verify(b"checkpoint 1001", &sig).is_err());
-    assert!(Sm2KeyPair::generate()
-        .public_key()
-        .verify(b"checkpoint 1000", &sig)
-        .is_err());
+    assert!(Sm2KeyPair::generate().public_key().verify(b"checkpoint 1000", &sig).is_err());
     let ct = pk.encrypt(b"secret");
     assert_eq!(kp.decrypt(&ct).unwrap(), b"secret");
     let mut bad = ct.clone();
@@ -145,26 +133,18 @@ fn interop_sm_crypto_encryption_both_ways() {
 #[test]
 fn interop_sm_crypto_sm3() {
     let data = "国密算法 SM3".as_bytes();
-    assert_eq!(
-        sm_crypto::sm3::sm3_hash(data),
-        hex::encode(sm3_digest(data))
-    );
+    assert_eq!(sm_crypto::sm3::sm3_hash(data), hex::encode(sm3_digest(data)));
 }
 
 #[test]
 fn passwords_hash_and_verify_in_both_modes() {
-    for alg in [
-        password::Algorithm::Argon2id,
-        password::Algorithm::Pbkdf2Sm3,
-    ] {
+    for alg in [password::Algorithm::Argon2id, password::Algorithm::Pbkdf2Sm3] {
         let h = password::hash("Correct-Horse-9", alg).unwrap();
         assert!(password::verify("Correct-Horse-9", &h), "{alg:?}");
         assert!(!password::verify("correct-horse-9", &h), "{alg:?}");
         assert_ne!(h, password::hash("Correct-Horse-9", alg).unwrap(), "salted");
     }
-    assert!(password::hash("x", password::Algorithm::Argon2id)
-        .unwrap()
-        .starts_with("$argon2id$"));
+    assert!(password::hash("x", password::Algorithm::Argon2id).unwrap().starts_with("$argon2id$"));
     assert!(!password::verify("x", "$pbkdf2-sm3$i=0$AA$AA"));
     assert!(!password::verify("x", "garbage"));
 }
@@ -172,18 +152,9 @@ fn passwords_hash_and_verify_in_both_modes() {
 #[test]
 fn password_policy_messages() {
     use password::{check_policy, PolicyError};
-    assert_eq!(
-        check_policy("Ab1!", "alice", 10),
-        Err(PolicyError::TooShort(10))
-    );
-    assert_eq!(
-        check_policy("abcdefghijk", "alice", 10),
-        Err(PolicyError::TooSimple)
-    );
-    assert_eq!(
-        check_policy("Alice-12345", "alice", 10),
-        Err(PolicyError::ContainsUsername)
-    );
+    assert_eq!(check_policy("Ab1!", "alice", 10), Err(PolicyError::TooShort(10)));
+    assert_eq!(check_policy("abcdefghijk", "alice", 10), Err(PolicyError::TooSimple));
+    assert_eq!(check_policy("Alice-12345", "alice", 10), Err(PolicyError::ContainsUsername));
     assert_eq!(check_policy("Tr0ub4dor&3x", "alice", 10), Ok(()));
     assert_eq!(check_policy("密码很长很长很长Ab1", "alice", 10), Ok(()));
 }
@@ -201,11 +172,7 @@ fn keyring_created_once_with_private_modes() {
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["master.key", "sm2.key"] {
-            let mode = std::fs::metadata(keys.join(f))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
+            let mode = std::fs::metadata(keys.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
     }

@@ -31,10 +31,6 @@ impl EngineHandle {
 
     /// Current status.
     pub fn status(&self) -> EngineStatus {
-        EngineStatus {
-            backend: "cpu",
-            loaded_models: Vec::new(),
-            inference_available: false,
-        }
+        EngineStatus { backend: "cpu", loaded_models: Vec::new(), inference_available: false }
     }
 }

@@ -66,21 +66,13 @@ pub(crate) struct ChainHead {
 impl ChainHead {
     pub(crate) fn load(conn: &Connection) -> Result<Self> {
         let row: Option<(i64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         Ok(match row {
-            Some((seq, h)) => Self {
-                seq,
-                hash: h.as_slice().try_into().unwrap_or(GENESIS),
-            },
-            None => Self {
-                seq: 0,
-                hash: GENESIS,
-            },
+            Some((seq, h)) => Self { seq, hash: h.as_slice().try_into().unwrap_or(GENESIS) },
+            None => Self { seq: 0, hash: GENESIS },
         })
     }
 
@@ -206,10 +198,7 @@ fn where_clause(f: &AuditFilter) -> (String, Vec<Value>) {
         args.push(a.clone().into());
     }
     if let Some(a) = &f.action {
-        if let Some(prefix) = a
-            .strip_suffix('*')
-            .or_else(|| a.ends_with('.').then_some(a.as_str()))
-        {
+        if let Some(prefix) = a.strip_suffix('*').or_else(|| a.ends_with('.').then_some(a.as_str())) {
             conds.push("substr(action, 1, length(?)) = ?");
             args.push(prefix.to_owned().into());
             args.push(prefix.to_owned().into());
@@ -235,22 +224,17 @@ fn where_clause(f: &AuditFilter) -> (String, Vec<Value>) {
         conds.push("ts_ms < ?");
         args.push(t.into());
     }
-    let sql = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
+    let sql = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
     (sql, args)
 }
 
 /// A filtered page of events.
 pub fn list(conn: &Connection, f: &AuditFilter) -> Result<AuditPage> {
     let (where_sql, args) = where_clause(f);
-    let total: i64 = conn.query_row(
-        &format!("SELECT COUNT(*) FROM audit_events{where_sql}"),
-        params_from_iter(args.iter()),
-        |r| r.get(0),
-    )?;
+    let total: i64 =
+        conn.query_row(&format!("SELECT COUNT(*) FROM audit_events{where_sql}"), params_from_iter(args.iter()), |r| {
+            r.get(0)
+        })?;
     let limit = f.limit.unwrap_or(50).clamp(1, 1000);
     let mut args = args;
     let (page_cond, order) = match (f.after_seq, f.before_seq) {
@@ -264,28 +248,19 @@ pub fn list(conn: &Connection, f: &AuditFilter) -> Result<AuditPage> {
         }
         (None, None) => ("1", "DESC"),
     };
-    let joiner = if where_sql.is_empty() {
-        " WHERE "
-    } else {
-        " AND "
-    };
-    let sql = format!("SELECT {COLUMNS} FROM audit_events{where_sql}{joiner}{page_cond} ORDER BY seq {order} LIMIT {limit}");
+    let joiner = if where_sql.is_empty() { " WHERE " } else { " AND " };
+    let sql =
+        format!("SELECT {COLUMNS} FROM audit_events{where_sql}{joiner}{page_cond} ORDER BY seq {order} LIMIT {limit}");
     let mut stmt = conn.prepare(&sql)?;
-    let events = stmt
-        .query_map(params_from_iter(args.iter()), row_to_event)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let events = stmt.query_map(params_from_iter(args.iter()), row_to_event)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(AuditPage { events, total })
 }
 
 /// One event by sequence number.
 pub fn get(conn: &Connection, seq: i64) -> Result<AuditEvent> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM audit_events WHERE seq = ?1"),
-        [seq],
-        row_to_event,
-    )
-    .optional()?
-    .ok_or(StoreError::NotFound("audit event"))
+    conn.query_row(&format!("SELECT {COLUMNS} FROM audit_events WHERE seq = ?1"), [seq], row_to_event)
+        .optional()?
+        .ok_or(StoreError::NotFound("audit event"))
 }
 
 /// Counts for the audit dashboard.
@@ -313,12 +288,9 @@ pub struct AuditStats {
 pub fn stats(conn: &Connection) -> Result<AuditStats> {
     let since = maasbox_types::now_millis() - 86_400_000;
     let group = |col: &str| -> Result<Vec<(String, i64)>> {
-        let mut st = conn.prepare(&format!(
-            "SELECT {col}, COUNT(*) c FROM audit_events GROUP BY {col} ORDER BY c DESC LIMIT 20"
-        ))?;
-        let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = conn
+            .prepare(&format!("SELECT {col}, COUNT(*) c FROM audit_events GROUP BY {col} ORDER BY c DESC LIMIT 20"))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     };
     Ok(AuditStats {
@@ -353,9 +325,7 @@ pub struct Checkpoint {
 }
 
 fn checkpoints(conn: &Connection) -> Result<Vec<Checkpoint>> {
-    let mut st = conn.prepare(
-        "SELECT seq, hash, ts_ms, public_key, signature FROM audit_checkpoints ORDER BY seq",
-    )?;
+    let mut st = conn.prepare("SELECT seq, hash, ts_ms, public_key, signature FROM audit_checkpoints ORDER BY seq")?;
     let rows = st
         .query_map([], |r| {
             Ok(Checkpoint {
@@ -381,12 +351,7 @@ pub struct ChainVerifier {
 impl ChainVerifier {
     /// Start at `first_seq` whose predecessor hash is `prev_hash`.
     pub fn new(first_seq: i64, prev_hash: &[u8]) -> Self {
-        Self {
-            expected_seq: first_seq,
-            prev: prev_hash.to_vec(),
-            events: 0,
-            broken: None,
-        }
+        Self { expected_seq: first_seq, prev: prev_hash.to_vec(), events: 0, broken: None }
     }
 
     /// Feed the next event in sequence order. Returns false once the chain is broken.
@@ -397,23 +362,11 @@ impl ChainVerifier {
         self.events += 1;
         let fail = if ev.seq != self.expected_seq {
             // A gap means the expected row was deleted; a repeat or step back means reordering.
-            Some((
-                self.expected_seq,
-                format!(
-                    "expected sequence number {}, found {}",
-                    self.expected_seq, ev.seq
-                ),
-            ))
+            Some((self.expected_seq, format!("expected sequence number {}, found {}", self.expected_seq, ev.seq)))
         } else if ev.prev_hash != hex::encode(&self.prev) {
-            Some((
-                ev.seq,
-                "prev_hash does not match the previous event's hash".to_owned(),
-            ))
+            Some((ev.seq, "prev_hash does not match the previous event's hash".to_owned()))
         } else if hex::encode(chain_hash(&self.prev, ev)) != ev.hash {
-            Some((
-                ev.seq,
-                "hash does not match the event's contents".to_owned(),
-            ))
+            Some((ev.seq, "hash does not match the event's contents".to_owned()))
         } else {
             None
         };
@@ -458,9 +411,7 @@ pub fn verify(conn: &Connection, trusted_key: Option<&Sm2PublicKey>) -> Result<C
             break;
         }
         while let Some(cp) = cp_iter.next_if(|cp| cp.seq <= ev.seq) {
-            if let Err(reason) =
-                check_checkpoint(cp, trusted_key, (cp.seq == ev.seq).then_some(&ev.hash))
-            {
+            if let Err(reason) = check_checkpoint(cp, trusted_key, (cp.seq == ev.seq).then_some(&ev.hash)) {
                 cp_failure = Some((cp.seq, reason));
                 break;
             }
@@ -474,10 +425,7 @@ pub fn verify(conn: &Connection, trusted_key: Option<&Sm2PublicKey>) -> Result<C
     if first_bad.is_none() {
         // Rows removed from the end of the chain: a checkpoint vouches for more than exists.
         if let Some(cp) = cp_iter.next() {
-            first_bad = Some((
-                v.last_seq() + 1,
-                format!("checkpoint at {} is beyond the end of the chain", cp.seq),
-            ));
+            first_bad = Some((v.last_seq() + 1, format!("checkpoint at {} is beyond the end of the chain", cp.seq)));
         }
     }
     Ok(ChainReport {
@@ -491,46 +439,29 @@ pub fn verify(conn: &Connection, trusted_key: Option<&Sm2PublicKey>) -> Result<C
     })
 }
 
-fn check_checkpoint(
-    cp: &Checkpoint,
-    trusted: Option<&Sm2PublicKey>,
-    row_hash: Option<&String>,
-) -> Result<(), String> {
+fn check_checkpoint(cp: &Checkpoint, trusted: Option<&Sm2PublicKey>, row_hash: Option<&String>) -> Result<(), String> {
     let Some(row_hash) = row_hash else {
-        return Err(format!(
-            "checkpoint at {} refers to a missing event",
-            cp.seq
-        ));
+        return Err(format!("checkpoint at {} refers to a missing event", cp.seq));
     };
     if &cp.hash != row_hash {
-        return Err(format!(
-            "event {} does not match its signed checkpoint",
-            cp.seq
-        ));
+        return Err(format!("event {} does not match its signed checkpoint", cp.seq));
     }
     let pk = Sm2PublicKey::from_hex(&cp.public_key).map_err(|e| e.to_string())?;
     if let Some(t) = trusted {
         if &pk != t {
-            return Err(format!(
-                "checkpoint at {} is signed by an unknown key",
-                cp.seq
-            ));
+            return Err(format!("checkpoint at {} is signed by an unknown key", cp.seq));
         }
     }
-    let sig =
-        hex::decode(&cp.signature).map_err(|_| "malformed checkpoint signature".to_owned())?;
+    let sig = hex::decode(&cp.signature).map_err(|_| "malformed checkpoint signature".to_owned())?;
     pk.verify(&checkpoint_message(cp.seq, &cp.hash), &sig)
         .map_err(|_| format!("checkpoint signature at {} does not verify", cp.seq))
 }
 
 /// Events with `from <= seq <= to`, oldest first, for export.
 pub fn range(conn: &Connection, from: i64, to: i64) -> Result<Vec<AuditEvent>> {
-    let mut st = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM audit_events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
-    ))?;
-    let rows = st
-        .query_map([from, to], row_to_event)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st =
+        conn.prepare(&format!("SELECT {COLUMNS} FROM audit_events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"))?;
+    let rows = st.query_map([from, to], row_to_event)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -579,12 +510,7 @@ impl ExportManifest {
 }
 
 /// Render the events `from..=to` as JSON Lines and a signed manifest.
-pub fn export(
-    conn: &Connection,
-    signer: &Sm2KeyPair,
-    from: i64,
-    to: i64,
-) -> Result<(Vec<u8>, ExportManifest)> {
+pub fn export(conn: &Connection, signer: &Sm2KeyPair, from: i64, to: i64) -> Result<(Vec<u8>, ExportManifest)> {
     let events = range(conn, from, to)?;
     let mut jsonl = Vec::new();
     for ev in &events {
@@ -613,11 +539,7 @@ pub fn export(
 
 /// Verify an exported file against its manifest: file digest, manifest signature (against
 /// `trusted` when given), and the hash chain inside the file.
-pub fn verify_export(
-    jsonl: &[u8],
-    m: &ExportManifest,
-    trusted: Option<&Sm2PublicKey>,
-) -> ChainReport {
+pub fn verify_export(jsonl: &[u8], m: &ExportManifest, trusted: Option<&Sm2PublicKey>) -> ChainReport {
     let fail = |seq: Option<i64>, reason: String| ChainReport {
         valid: false,
         events: 0,
@@ -632,14 +554,9 @@ pub fn verify_export(
         Err(_) => return fail(None, "manifest public key is malformed".into()),
     };
     if trusted.is_some_and(|t| t != &pk) {
-        return fail(
-            None,
-            "manifest is signed by a key other than the trusted one".into(),
-        );
+        return fail(None, "manifest is signed by a key other than the trusted one".into());
     }
-    let sig_ok = hex::decode(&m.signature)
-        .ok()
-        .is_some_and(|s| pk.verify(&m.signing_bytes(), &s).is_ok());
+    let sig_ok = hex::decode(&m.signature).ok().is_some_and(|s| pk.verify(&m.signing_bytes(), &s).is_ok());
     if !sig_ok {
         return fail(None, "manifest signature does not verify".into());
     }
@@ -657,12 +574,7 @@ pub fn verify_export(
                     break;
                 }
             }
-            Err(_) => {
-                return fail(
-                    Some(v.last_seq() + 1),
-                    "line is not a valid audit event".into(),
-                )
-            }
+            Err(_) => return fail(Some(v.last_seq() + 1), "line is not a valid audit event".into()),
         }
     }
     let mut report = ChainReport {

@@ -5,7 +5,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{Result, StoreError};
 
-const COLUMNS: &str = "k.id, k.user_id, u.username, k.name, k.allowed_models, k.expires_at, k.created_at, k.last_used_at";
+const COLUMNS: &str =
+    "k.id, k.user_id, u.username, k.name, k.allowed_models, k.expires_at, k.created_at, k.last_used_at";
 
 fn row_to_key(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let models: Option<String> = r.get(4)?;
@@ -39,9 +40,7 @@ pub struct NewKey<'a> {
 
 /// Insert a key.
 pub fn create(conn: &Connection, k: &NewKey<'_>) -> Result<ApiKey> {
-    let models = k
-        .allowed_models
-        .map(|m| serde_json::to_string(m).unwrap_or_default());
+    let models = k.allowed_models.map(|m| serde_json::to_string(m).unwrap_or_default());
     conn.execute(
         "INSERT INTO api_keys (id, user_id, name, secret_mac, allowed_models, expires_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -66,19 +65,14 @@ pub fn list(conn: &Connection, user_id: Option<i64>) -> Result<Vec<ApiKey>> {
         "SELECT {COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id
          WHERE k.revoked_at IS NULL AND (?1 IS NULL OR k.user_id = ?1) ORDER BY k.created_at, k.id"
     ))?;
-    let rows = st
-        .query_map([user_id], row_to_key)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = st.query_map([user_id], row_to_key)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
 /// Revoke a key.
 pub fn revoke(conn: &Connection, id: &str) -> Result<ApiKey> {
     let key = get(conn, id)?;
-    conn.execute(
-        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
-        params![id, now_secs()],
-    )?;
+    conn.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1", params![id, now_secs()])?;
     Ok(key)
 }
 
@@ -105,11 +99,7 @@ pub fn auth_lookup(conn: &Connection, id: &str) -> Result<Option<KeyAuth>> {
     match found {
         Some((key, secret_mac)) => {
             let user = crate::users::get(conn, key.user_id)?;
-            Ok(Some(KeyAuth {
-                key,
-                secret_mac,
-                user,
-            }))
+            Ok(Some(KeyAuth { key, secret_mac, user }))
         }
         None => Ok(None),
     }
@@ -117,9 +107,8 @@ pub fn auth_lookup(conn: &Connection, id: &str) -> Result<Option<KeyAuth>> {
 
 /// Record last use of several keys at once (batched by the API, not audited).
 pub fn touch(conn: &Connection, uses: &[(String, i64)]) -> Result<()> {
-    let mut st = conn.prepare_cached(
-        "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1",
-    )?;
+    let mut st =
+        conn.prepare_cached("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1")?;
     for (id, at) in uses {
         st.execute(params![id, at])?;
     }

@@ -76,10 +76,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            checkpoint_every: 1000,
-            batch_max: 512,
-        }
+        Self { checkpoint_every: 1000, batch_max: 512 }
     }
 }
 
@@ -105,13 +102,7 @@ impl Store {
         let mut conn = open_conn(path, false)?;
         migrations::migrate(&mut conn)?;
         let writer = writer::WriterHandle::spawn(conn, signer, opts)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                readers: Mutex::new(Vec::new()),
-                writer,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { path: path.to_owned(), readers: Mutex::new(Vec::new()), writer }) })
     }
 
     /// The database file.
@@ -126,9 +117,7 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_blocking(f))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        tokio::task::spawn_blocking(move || this.read_blocking(f)).await.map_err(|_| StoreError::Closed)?
     }
 
     /// Run `f` on a read connection in the calling thread.
@@ -155,11 +144,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<WriteOutcome<T>> + Send + 'static,
     {
-        self.inner
-            .writer
-            .submit(f)?
-            .await
-            .map_err(|_| StoreError::Closed)?
+        self.inner.writer.submit(f)?.await.map_err(|_| StoreError::Closed)?
     }
 
     /// [`Store::write`] for callers outside an async runtime (the offline CLI).
@@ -168,11 +153,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<WriteOutcome<T>> + Send + 'static,
     {
-        self.inner
-            .writer
-            .submit(f)?
-            .blocking_recv()
-            .map_err(|_| StoreError::Closed)?
+        self.inner.writer.submit(f)?.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Writes waiting for the writer thread.
@@ -187,8 +168,7 @@ impl Store {
 
     /// `SELECT 1` on a read connection and the schema version: the database health check.
     pub async fn ping(&self) -> Result<i64> {
-        self.read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
-            .await
+        self.read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).await
     }
 }
 
@@ -196,9 +176,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -215,9 +193,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
 /// Map a SQLite uniqueness failure to [`StoreError::Conflict`] with `msg`.
 pub(crate) fn conflict_on_unique(e: rusqlite::Error, msg: impl Into<String>) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
             StoreError::Conflict(msg.into())
         }
         e => StoreError::Sqlite(e),
@@ -239,10 +215,7 @@ pub fn verify_database(
     let conn = open_conn(path, true)?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
     }
     audit::verify(&conn, trusted)
 }

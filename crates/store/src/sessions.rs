@@ -43,9 +43,7 @@ pub fn create(
 /// One session by id.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT id, user_id, refresh_mac, expires_at, revoked_at FROM sessions WHERE id = ?1",
-        )?
+        .prepare_cached("SELECT id, user_id, refresh_mac, expires_at, revoked_at FROM sessions WHERE id = ?1")?
         .query_row([id], |r| {
             Ok(Session {
                 id: r.get(0)?,
@@ -59,13 +57,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>> {
 }
 
 /// Replace the refresh MAC if it is still `old_mac` (compare-and-swap inside the writer).
-pub fn rotate(
-    conn: &Connection,
-    id: &str,
-    old_mac: &[u8],
-    new_mac: &[u8],
-    expires_at: i64,
-) -> Result<()> {
+pub fn rotate(conn: &Connection, id: &str, old_mac: &[u8], new_mac: &[u8], expires_at: i64) -> Result<()> {
     let n = conn.execute(
         "UPDATE sessions SET refresh_mac = ?3, expires_at = ?4, last_refreshed_at = ?5
          WHERE id = ?1 AND refresh_mac = ?2 AND revoked_at IS NULL",
@@ -79,10 +71,8 @@ pub fn rotate(
 
 /// Revoke one session; true if it was live.
 pub fn revoke(conn: &Connection, id: &str) -> Result<bool> {
-    let n = conn.execute(
-        "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        params![id, now_secs()],
-    )?;
+    let n = conn
+        .execute("UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now_secs()])?;
     Ok(n > 0)
 }
 

@@ -30,26 +30,12 @@ fn fixture(n_events: usize, checkpoint_every: i64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("maasbox.db");
     let key = Arc::new(Sm2KeyPair::generate());
-    let store = Store::open(
-        &path,
-        key.clone(),
-        StoreOptions {
-            checkpoint_every,
-            batch_max: 64,
-        },
-    )
-    .unwrap();
+    let store = Store::open(&path, key.clone(), StoreOptions { checkpoint_every, batch_max: 64 }).unwrap();
     for i in 0..n_events {
-        store
-            .write_blocking(move |_| Ok(WriteOutcome::audited((), event(i))))
-            .unwrap();
+        store.write_blocking(move |_| Ok(WriteOutcome::audited((), event(i)))).unwrap();
     }
     store.shutdown();
-    Fixture {
-        _dir: dir,
-        path,
-        key,
-    }
+    Fixture { _dir: dir, path, key }
 }
 
 /// Open the file the way an attacker with sqlite3 would: drop the append-only triggers first.
@@ -79,10 +65,7 @@ fn intact_chain_verifies_with_checkpoints() {
 #[test]
 fn edited_row_is_reported_at_its_seq() {
     let f = fixture(20, 1000);
-    tamper(
-        &f.path,
-        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 7",
-    );
+    tamper(&f.path, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 7");
     let r = verify(&f);
     assert!(!r.valid);
     assert_eq!(r.first_bad_seq, Some(7), "{r:?}");
@@ -206,12 +189,7 @@ fn truncated_tail_is_caught_by_checkpoint() {
 #[test]
 fn failed_write_rolls_back_and_is_not_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &dir.path().join("db"),
-        Arc::new(Sm2KeyPair::generate()),
-        StoreOptions::default(),
-    )
-    .unwrap();
+    let store = Store::open(&dir.path().join("db"), Arc::new(Sm2KeyPair::generate()), StoreOptions::default()).unwrap();
     let err = store
         .write_blocking(|c| {
             users::create(
@@ -228,9 +206,7 @@ fn failed_write_rolls_back_and_is_not_audited() {
         })
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)));
-    let (users, events) = store
-        .read_blocking(|c| Ok((users::count(c)?, audit::stats(c)?.total)))
-        .unwrap();
+    let (users, events) = store.read_blocking(|c| Ok((users::count(c)?, audit::stats(c)?.total))).unwrap();
     assert_eq!((users, events), (0, 0));
 }
 
@@ -238,22 +214,13 @@ fn failed_write_rolls_back_and_is_not_audited() {
 async fn concurrent_writes_form_one_gap_free_chain() {
     let dir = tempfile::tempdir().unwrap();
     let key = Arc::new(Sm2KeyPair::generate());
-    let store = Store::open(
-        &dir.path().join("db"),
-        key.clone(),
-        StoreOptions {
-            checkpoint_every: 100,
-            batch_max: 512,
-        },
-    )
-    .unwrap();
+    let store =
+        Store::open(&dir.path().join("db"), key.clone(), StoreOptions { checkpoint_every: 100, batch_max: 512 })
+            .unwrap();
     let mut tasks = Vec::new();
     for i in 0..400 {
         let s = store.clone();
-        tasks.push(tokio::spawn(async move {
-            s.write(move |_| Ok(WriteOutcome::audited(i, event(i))))
-                .await
-        }));
+        tasks.push(tokio::spawn(async move { s.write(move |_| Ok(WriteOutcome::audited(i, event(i)))).await }));
     }
     let mut got = Vec::new();
     for t in tasks {
@@ -261,10 +228,7 @@ async fn concurrent_writes_form_one_gap_free_chain() {
     }
     got.sort();
     assert_eq!(got, (0..400).collect::<Vec<_>>());
-    let r = store
-        .read(move |c| audit::verify(c, Some(&key.public_key())))
-        .await
-        .unwrap();
+    let r = store.read(move |c| audit::verify(c, Some(&key.public_key()))).await.unwrap();
     assert!(r.valid, "{r:?}");
     assert_eq!((r.events, r.checkpoints_verified), (400, 4));
 }
@@ -273,9 +237,7 @@ async fn concurrent_writes_form_one_gap_free_chain() {
 fn append_only_triggers_refuse_edits() {
     let f = fixture(3, 1000);
     let c = Connection::open(&f.path).unwrap();
-    let e = c
-        .execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1", [])
-        .unwrap_err();
+    let e = c.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1", []).unwrap_err();
     assert!(e.to_string().contains("append-only"));
     assert!(c.execute("DELETE FROM audit_events", []).is_err());
 }
@@ -283,17 +245,9 @@ fn append_only_triggers_refuse_edits() {
 #[test]
 fn newer_schema_is_refused() {
     let f = fixture(0, 1000);
-    Connection::open(&f.path)
-        .unwrap()
-        .pragma_update(None, "user_version", 99)
-        .unwrap();
-    let err = Store::open(&f.path, f.key.clone(), StoreOptions::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
-        "{err}"
-    );
+    Connection::open(&f.path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let err = Store::open(&f.path, f.key.clone(), StoreOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
     assert!(err.to_string().contains("newer than this maasbox supports"));
 }
 
@@ -307,18 +261,13 @@ fn export_verifies_offline_and_detects_tampering() {
     assert!(r.valid, "{r:?}");
     assert_eq!(r.last_seq, 12);
 
-    let text = String::from_utf8(jsonl.clone())
-        .unwrap()
-        .replace("\"user4\"", "\"mallory\"");
+    let text = String::from_utf8(jsonl.clone()).unwrap().replace("\"user4\"", "\"mallory\"");
     let r = audit::verify_export(text.as_bytes(), &m, Some(&pk));
     assert!(!r.valid);
     assert_eq!(r.first_bad_seq, Some(5));
 
     let mut m2 = m.clone();
     m2.last_seq = 11;
-    assert!(
-        !audit::verify_export(&jsonl, &m2, Some(&pk)).valid,
-        "manifest edit breaks its signature"
-    );
+    assert!(!audit::verify_export(&jsonl, &m2, Some(&pk)).valid, "manifest edit breaks its signature");
     assert!(!audit::verify_export(&jsonl, &m, Some(&Sm2KeyPair::generate().public_key())).valid);
 }

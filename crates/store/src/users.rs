@@ -18,11 +18,7 @@ fn row_to_user(r: &Row<'_>) -> rusqlite::Result<User> {
         username: r.get(1)?,
         display_name: r.get(2)?,
         role: Role::parse(&role).unwrap_or(Role::User),
-        status: if status == "active" {
-            UserStatus::Active
-        } else {
-            UserStatus::Disabled
-        },
+        status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
         must_change_password: r.get(5)?,
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
@@ -34,15 +30,11 @@ fn row_to_user(r: &Row<'_>) -> rusqlite::Result<User> {
 pub fn validate_username(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.chars().count() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Invalid(
-            "username must be 1-64 characters of letters, digits, '.', '_', '-' or '@'".into(),
-        ))
+        Err(StoreError::Invalid("username must be 1-64 characters of letters, digits, '.', '_', '-' or '@'".into()))
     }
 }
 
@@ -76,9 +68,7 @@ pub fn create(conn: &Connection, u: &NewUser<'_>) -> Result<User> {
 /// All users, by id.
 pub fn list(conn: &Connection) -> Result<Vec<User>> {
     let mut st = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users ORDER BY id"))?;
-    let rows = st
-        .query_map([], row_to_user)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = st.query_map([], row_to_user)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -101,20 +91,16 @@ pub fn by_name(conn: &Connection, username: &str) -> Result<User> {
 /// A user and their password hash, for login.
 pub fn credentials(conn: &Connection, username: &str) -> Result<Option<(User, String)>> {
     Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"
-        ))?
+        .prepare_cached(&format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"))?
         .query_row([username], |r| Ok((row_to_user(r)?, r.get(9)?)))
         .optional()?)
 }
 
 /// The password hash of a user.
 pub fn password_hash(conn: &Connection, id: i64) -> Result<String> {
-    conn.query_row("SELECT password_hash FROM users WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })
-    .optional()?
-    .ok_or(StoreError::NotFound("user"))
+    conn.query_row("SELECT password_hash FROM users WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound("user"))
 }
 
 /// Number of users (zero before setup).
@@ -147,8 +133,7 @@ pub fn update(conn: &Connection, id: i64, patch: &UserPatch) -> Result<(User, Us
     let before = get(conn, id)?;
     let loses_admin = before.role == Role::Admin
         && before.status == UserStatus::Active
-        && (patch.role.is_some_and(|r| r != Role::Admin)
-            || patch.status == Some(UserStatus::Disabled));
+        && (patch.role.is_some_and(|r| r != Role::Admin) || patch.status == Some(UserStatus::Disabled));
     if loses_admin && active_admins_other_than(conn, id)? == 0 {
         return Err(StoreError::LastAdmin);
     }
@@ -156,13 +141,7 @@ pub fn update(conn: &Connection, id: i64, patch: &UserPatch) -> Result<(User, Us
     conn.execute(
         "UPDATE users SET display_name = COALESCE(?2, display_name), role = COALESCE(?3, role),
                           status = COALESCE(?4, status), updated_at = ?5 WHERE id = ?1",
-        params![
-            id,
-            patch.display_name,
-            patch.role.map(Role::as_str),
-            patch.status.map(UserStatus::as_str),
-            now
-        ],
+        params![id, patch.display_name, patch.role.map(Role::as_str), patch.status.map(UserStatus::as_str), now],
     )?;
     if patch.status == Some(UserStatus::Disabled) {
         crate::sessions::revoke_all_for_user(conn, id)?;
@@ -173,10 +152,7 @@ pub fn update(conn: &Connection, id: i64, patch: &UserPatch) -> Result<(User, Us
 /// Delete a user (their sessions and keys go with them). Refuses the last active admin.
 pub fn delete(conn: &Connection, id: i64) -> Result<User> {
     let before = get(conn, id)?;
-    if before.role == Role::Admin
-        && before.status == UserStatus::Active
-        && active_admins_other_than(conn, id)? == 0
-    {
+    if before.role == Role::Admin && before.status == UserStatus::Active && active_admins_other_than(conn, id)? == 0 {
         return Err(StoreError::LastAdmin);
     }
     conn.execute("DELETE FROM users WHERE id = ?1", [id])?;
@@ -198,9 +174,6 @@ pub fn set_password(conn: &Connection, id: i64, hash: &str, must_change: bool) -
 
 /// Record a successful login.
 pub fn touch_login(conn: &Connection, id: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE users SET last_login_at = ?2 WHERE id = ?1",
-        params![id, now_secs()],
-    )?;
+    conn.execute("UPDATE users SET last_login_at = ?2 WHERE id = ?1", params![id, now_secs()])?;
     Ok(())
 }

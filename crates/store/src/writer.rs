@@ -30,18 +30,12 @@ pub struct WriteOutcome<T> {
 impl<T> WriteOutcome<T> {
     /// A change described by one audit event.
     pub fn audited(value: T, event: NewAuditEvent) -> Self {
-        Self {
-            value,
-            events: vec![event],
-        }
+        Self { value, events: vec![event] }
     }
 
     /// A write that is not itself a state change worth auditing (e.g. `last_used_at`).
     pub fn unaudited(value: T) -> Self {
-        Self {
-            value,
-            events: Vec::new(),
-        }
+        Self { value, events: Vec::new() }
     }
 }
 
@@ -97,22 +91,14 @@ pub(crate) struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub(crate) fn spawn(
-        conn: Connection,
-        signer: Arc<Sm2KeyPair>,
-        opts: StoreOptions,
-    ) -> Result<Self> {
+    pub(crate) fn spawn(conn: Connection, signer: Arc<Sm2KeyPair>, opts: StoreOptions) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn Job>>();
         let depth = Arc::new(AtomicUsize::new(0));
         let d = depth.clone();
         let thread = std::thread::Builder::new()
             .name("maasbox-store-writer".into())
             .spawn(move || writer_loop(conn, rx, signer, opts, d))?;
-        Ok(Self {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-            depth,
-        })
+        Ok(Self { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), depth })
     }
 
     pub(crate) fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
@@ -121,11 +107,7 @@ impl WriterHandle {
         F: FnOnce(&Connection) -> Result<WriteOutcome<T>> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(TypedJob {
-            f: Some(f),
-            result: None,
-            reply,
-        });
+        let job: Box<dyn Job> = Box::new(TypedJob { f: Some(f), result: None, reply });
         let guard = self.tx.lock();
         let sender = guard.as_ref().ok_or(StoreError::Closed)?;
         self.depth.fetch_add(1, Ordering::Relaxed);

@@ -17,10 +17,7 @@ pub fn now_secs() -> UnixSeconds {
 
 /// Current time in milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A role decides what a user may do (see [`Role::allows`]).
@@ -63,10 +60,7 @@ impl Role {
             Role::Admin => true,
             Role::Developer => matches!(p, OwnKeys | Inference | ModelsImport | KnowledgeCreate),
             Role::User => matches!(p, OwnKeys | Inference),
-            Role::Auditor => matches!(
-                p,
-                AuditRead | AuditVerify | AuditExport | UsersRead | UsageRead
-            ),
+            Role::Auditor => matches!(p, AuditRead | AuditVerify | AuditExport | UsersRead | UsageRead),
         }
     }
 }

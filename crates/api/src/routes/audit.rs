@@ -62,22 +62,14 @@ pub struct LogPage {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/logs", tag = "audit", security(("bearer" = [])), params(LogQuery), responses((status = 200, body = LogPage)))]
-async fn list_logs(
-    State(st): State<AppState>,
-    p: Principal,
-    Query(q): Query<LogQuery>,
-) -> ApiResult<Json<LogPage>> {
-    p.authorize(&st, Permission::AuditRead, "audit.read")
-        .await?;
+async fn list_logs(State(st): State<AppState>, p: Principal, Query(q): Query<LogQuery>) -> ApiResult<Json<LogPage>> {
+    p.authorize(&st, Permission::AuditRead, "audit.read").await?;
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::field("limit", "limit must be between 1 and 1000"));
     }
     if let Some(o) = &q.outcome {
         if !["success", "failure", "denied"].contains(&o.as_str()) {
-            return Err(ApiError::field(
-                "outcome",
-                "outcome must be success, failure or denied",
-            ));
+            return Err(ApiError::field("outcome", "outcome must be success, failure or denied"));
         }
     }
     let limit = q.limit.unwrap_or(50);
@@ -93,25 +85,14 @@ async fn list_logs(
         limit: Some(limit),
     };
     let page = st.store().read(move |c| audit::list(c, &f)).await?;
-    let next_cursor = (page.events.len() as i64 == limit)
-        .then(|| page.events.last().map(|e| e.seq))
-        .flatten();
-    Ok(Json(LogPage {
-        data: page.events,
-        total: page.total,
-        next_cursor,
-    }))
+    let next_cursor = (page.events.len() as i64 == limit).then(|| page.events.last().map(|e| e.seq)).flatten();
+    Ok(Json(LogPage { data: page.events, total: page.total, next_cursor }))
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/logs/{seq}", tag = "audit", security(("bearer" = [])), params(("seq" = i64, Path)),
     responses((status = 200, body = AuditEvent), (status = 404, body = crate::error::ErrorBody)))]
-async fn get_log(
-    State(st): State<AppState>,
-    p: Principal,
-    Path(seq): Path<i64>,
-) -> ApiResult<Json<AuditEvent>> {
-    p.authorize(&st, Permission::AuditRead, "audit.read")
-        .await?;
+async fn get_log(State(st): State<AppState>, p: Principal, Path(seq): Path<i64>) -> ApiResult<Json<AuditEvent>> {
+    p.authorize(&st, Permission::AuditRead, "audit.read").await?;
     Ok(Json(st.store().read(move |c| audit::get(c, seq)).await?))
 }
 
@@ -140,15 +121,12 @@ pub struct Stats {
 }
 
 fn pairs(v: Vec<(String, i64)>) -> serde_json::Value {
-    v.into_iter()
-        .map(|(k, n)| json!({"name": k, "count": n}))
-        .collect()
+    v.into_iter().map(|(k, n)| json!({"name": k, "count": n})).collect()
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/stats", tag = "audit", security(("bearer" = [])), responses((status = 200, body = Stats)))]
 async fn stats(State(st): State<AppState>, p: Principal) -> ApiResult<Json<Stats>> {
-    p.authorize(&st, Permission::AuditRead, "audit.read")
-        .await?;
+    p.authorize(&st, Permission::AuditRead, "audit.read").await?;
     let s = st.store().read(audit::stats).await?;
     Ok(Json(Stats {
         total: s.total,
@@ -174,18 +152,11 @@ pub struct VerifyResponse {
 
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", security(("bearer" = [])), responses((status = 200, body = VerifyResponse)))]
 async fn verify(State(st): State<AppState>, p: Principal) -> ApiResult<Json<VerifyResponse>> {
-    p.authorize(&st, Permission::AuditVerify, "audit.verify")
-        .await?;
+    p.authorize(&st, Permission::AuditVerify, "audit.verify").await?;
     let pk = st.0.signing.public_key();
     let pk2 = pk.clone();
-    let report = st
-        .store()
-        .read(move |c| audit::verify(c, Some(&pk2)))
-        .await?;
-    Ok(Json(VerifyResponse {
-        report,
-        public_key: pk.to_hex(),
-    }))
+    let report = st.store().read(move |c| audit::verify(c, Some(&pk2))).await?;
+    Ok(Json(VerifyResponse { report, public_key: pk.to_hex() }))
 }
 
 /// Range for `GET /api/v1/audit/export`.
@@ -202,36 +173,26 @@ pub struct ExportQuery {
 /// SM2-signed manifest (counts, first/last hash, SM3 of the event lines). Exporting is audited.
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", security(("bearer" = [])), params(ExportQuery),
     responses((status = 200, content_type = "application/x-ndjson", body = String)))]
-async fn export(
-    State(st): State<AppState>,
-    p: Principal,
-    Query(q): Query<ExportQuery>,
-) -> ApiResult<Response> {
-    p.authorize(&st, Permission::AuditExport, "audit.export")
-        .await?;
+async fn export(State(st): State<AppState>, p: Principal, Query(q): Query<ExportQuery>) -> ApiResult<Response> {
+    p.authorize(&st, Permission::AuditExport, "audit.export").await?;
     let from = q.from_seq.unwrap_or(1).max(1);
     let to = q.to_seq.unwrap_or(i64::MAX);
     if to < from {
-        return Err(ApiError::field(
-            "to_seq",
-            "to_seq must not be below from_seq",
-        ));
+        return Err(ApiError::field("to_seq", "to_seq must not be below from_seq"));
     }
     let signer = st.0.signing.clone();
-    let (mut body, manifest) = st
-        .store()
-        .read(move |c| audit::export(c, &signer, from, to))
-        .await?;
-    let ev = p.event("audit.export", "audit", json!({"first_seq": manifest.first_seq, "last_seq": manifest.last_seq, "count": manifest.count}));
+    let (mut body, manifest) = st.store().read(move |c| audit::export(c, &signer, from, to)).await?;
+    let ev = p.event(
+        "audit.export",
+        "audit",
+        json!({"first_seq": manifest.first_seq, "last_seq": manifest.last_seq, "count": manifest.count}),
+    );
     crate::auth::audit_only(&st, ev).await?;
     serde_json::to_writer(&mut body, &json!({"manifest": manifest})).map_err(ApiError::internal)?;
     body.push(b'\n');
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .header(
-            header::CONTENT_DISPOSITION,
-            "attachment; filename=\"maasbox-audit.jsonl\"",
-        )
+        .header(header::CONTENT_DISPOSITION, "attachment; filename=\"maasbox-audit.jsonl\"")
         .body(Body::from(body))
         .map_err(ApiError::internal)
 }

@@ -11,9 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{
-    audit_only, issue_access_token, parse_refresh_token, refresh_mac, ClientInfo, Principal,
-};
+use crate::auth::{audit_only, issue_access_token, parse_refresh_token, refresh_mac, ClientInfo, Principal};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 
@@ -102,9 +100,7 @@ pub struct MeResponse {
 
 #[utoipa::path(get, path = "/api/v1/auth/setup", tag = "auth", responses((status = 200, body = SetupStatus)))]
 async fn setup_status(State(st): State<AppState>) -> Json<SetupStatus> {
-    Json(SetupStatus {
-        setup_required: st.0.setup_code.lock().is_some(),
-    })
+    Json(SetupStatus { setup_required: st.0.setup_code.lock().is_some() })
 }
 
 /// Create the first admin with the one-time setup code.
@@ -116,18 +112,12 @@ async fn setup(
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
     let Some(code) = st.0.setup_code.lock().clone() else {
-        return Err(ApiError::new(
-            ErrorCode::AlreadySetUp,
-            "setup is already complete; log in instead",
-        ));
+        return Err(ApiError::new(ErrorCode::AlreadySetUp, "setup is already complete; log in instead"));
     };
     if let Some(ip) = client.ip {
         if let Err(wait) = st.0.limiter.check_ip(ip) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many failed attempts from this address",
-            )
-            .retry_after(wait.as_secs()));
+            return Err(ApiError::new(ErrorCode::RateLimited, "too many failed attempts from this address")
+                .retry_after(wait.as_secs()));
         }
     }
     let given = normalize_code(&req.code);
@@ -135,22 +125,15 @@ async fn setup(
         if let Some(ip) = client.ip {
             st.0.limiter.record_failure(None, ip);
         }
-        let ev = client
-            .event(&req.username, AuthMethod::SetupCode, "auth.setup")
-            .failed("invalid_setup_code");
+        let ev = client.event(&req.username, AuthMethod::SetupCode, "auth.setup").failed("invalid_setup_code");
         audit_only(&st, ev).await?;
-        return Err(
-            ApiError::new(ErrorCode::InvalidSetupCode, "the setup code is wrong").param("code"),
-        );
+        return Err(ApiError::new(ErrorCode::InvalidSetupCode, "the setup code is wrong").param("code"));
     }
-    users::validate_username(&req.username)
-        .map_err(|e| ApiError::field("username", e.to_string()))?;
+    users::validate_username(&req.username).map_err(|e| ApiError::field("username", e.to_string()))?;
     let hash = crate::routes::users::hash_password(&st, &req.password, &req.username).await?;
     let display = req.display_name.clone().unwrap_or_default();
     let username = req.username.clone();
-    let ev = client
-        .event(&req.username, AuthMethod::SetupCode, "auth.setup")
-        .details(json!({"role": "admin"}));
+    let ev = client.event(&req.username, AuthMethod::SetupCode, "auth.setup").details(json!({"role": "admin"}));
     let created = st
         .store()
         .write(move |c| {
@@ -174,10 +157,7 @@ async fn setup(
         })
         .await?;
     let Some(user) = created else {
-        return Err(ApiError::new(
-            ErrorCode::AlreadySetUp,
-            "setup is already complete; log in instead",
-        ));
+        return Err(ApiError::new(ErrorCode::AlreadySetUp, "setup is already complete; log in instead"));
     };
     st.0.setup_code.lock().take();
     let _ = std::fs::remove_file(st.data_dir().join("setup.token"));
@@ -187,19 +167,11 @@ async fn setup(
 }
 
 fn normalize_code(c: &str) -> String {
-    c.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
+    c.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect()
 }
 
 /// Open a session for `user`; audited as `auth.login`.
-async fn start_session(
-    st: &AppState,
-    user: User,
-    client: &ClientInfo,
-    method: AuthMethod,
-) -> ApiResult<TokenResponse> {
+async fn start_session(st: &AppState, user: User, client: &ClientInfo, method: AuthMethod) -> ApiResult<TokenResponse> {
     let sid = maasbox_crypto::random_hex(16);
     let secret = maasbox_crypto::random_hex(32);
     let mac = refresh_mac(st, &secret);
@@ -209,12 +181,7 @@ async fn start_session(
         .event(&user.username, method, "auth.login")
         .on(format!("user:{}", user.id))
         .details(json!({"session": sid}));
-    let (uid, s, ip, ua) = (
-        user.id,
-        sid.clone(),
-        client.ip.map(|i| i.to_string()),
-        client.user_agent.clone(),
-    );
+    let (uid, s, ip, ua) = (user.id, sid.clone(), client.ip.map(|i| i.to_string()), client.user_agent.clone());
     st.store()
         .write(move |c| {
             sessions::create(c, &s, uid, &mac, expires, ip.as_deref(), ua.as_deref())?;
@@ -241,27 +208,15 @@ async fn login(
     client: ClientInfo,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
-    let deny = |reason: &'static str| {
-        client
-            .event(&req.username, AuthMethod::Password, "auth.login")
-            .failed(reason)
-    };
+    let deny = |reason: &'static str| client.event(&req.username, AuthMethod::Password, "auth.login").failed(reason);
     if let Err(wait) = st.0.limiter.check(&req.username, client.ip) {
-        let ev = client
-            .event(&req.username, AuthMethod::Password, "auth.login")
-            .denied("rate_limited");
+        let ev = client.event(&req.username, AuthMethod::Password, "auth.login").denied("rate_limited");
         audit_only(&st, ev).await?;
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many failed logins; try again later",
-        )
-        .retry_after(wait.as_secs()));
+        return Err(ApiError::new(ErrorCode::RateLimited, "too many failed logins; try again later")
+            .retry_after(wait.as_secs()));
     }
     let name = req.username.clone();
-    let found = st
-        .store()
-        .read(move |c| users::credentials(c, &name))
-        .await?;
+    let found = st.store().read(move |c| users::credentials(c, &name)).await?;
     let password = req.password.clone();
     let stored = found.as_ref().map(|(_, h)| h.clone());
     // Unknown users still cost one hash, so timing does not reveal which names exist.
@@ -288,16 +243,11 @@ async fn login(
                 st.0.limiter.record_failure(Some(&req.username), ip);
             }
             audit_only(&st, deny("invalid_credentials")).await?;
-            return Err(ApiError::new(
-                ErrorCode::InvalidCredentials,
-                "wrong username or password",
-            ));
+            return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong username or password"));
         }
     };
     st.0.limiter.record_success(&user.username);
-    Ok(Json(
-        start_session(&st, user, &client, AuthMethod::Password).await?,
-    ))
+    Ok(Json(start_session(&st, user, &client, AuthMethod::Password).await?))
 }
 
 /// A real hash of a random string, verified against when the user does not exist so that the
@@ -305,11 +255,8 @@ async fn login(
 fn dummy_hash() -> &'static str {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     H.get_or_init(|| {
-        maasbox_crypto::password::hash(
-            &maasbox_crypto::random_hex(16),
-            maasbox_crypto::password::Algorithm::Argon2id,
-        )
-        .unwrap_or_default()
+        maasbox_crypto::password::hash(&maasbox_crypto::random_hex(16), maasbox_crypto::password::Algorithm::Argon2id)
+            .unwrap_or_default()
     })
 }
 
@@ -321,24 +268,12 @@ async fn refresh(
     client: ClientInfo,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
-    let invalid = || {
-        ApiError::new(
-            ErrorCode::InvalidToken,
-            "invalid or expired refresh token; log in again",
-        )
-    };
-    let fail_event = |reason: &str| {
-        client
-            .event("anonymous", AuthMethod::RefreshToken, "auth.refresh")
-            .failed(reason)
-    };
+    let invalid = || ApiError::new(ErrorCode::InvalidToken, "invalid or expired refresh token; log in again");
+    let fail_event = |reason: &str| client.event("anonymous", AuthMethod::RefreshToken, "auth.refresh").failed(reason);
     if let Some(ip) = client.ip {
         if let Err(wait) = st.0.limiter.check_ip(ip) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many failed attempts from this address",
-            )
-            .retry_after(wait.as_secs()));
+            return Err(ApiError::new(ErrorCode::RateLimited, "too many failed attempts from this address")
+                .retry_after(wait.as_secs()));
         }
     }
     let Some((sid, secret)) = parse_refresh_token(&req.refresh_token) else {
@@ -349,8 +284,7 @@ async fn refresh(
     let s = sid.clone();
     let session = st.store().read(move |c| sessions::get(c, &s)).await?;
     let mac = refresh_mac(&st, &secret);
-    let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.expires_at > now_secs())
-    else {
+    let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.expires_at > now_secs()) else {
         if let Some(ip) = client.ip {
             st.0.limiter.record_failure(None, ip);
         }
@@ -383,9 +317,7 @@ async fn refresh(
     let new_mac = refresh_mac(&st, &new_secret);
     let ttl = st.config().auth.refresh_token_ttl_secs;
     let expires = now_secs() + ttl as i64;
-    let ev = client
-        .event(&user.username, AuthMethod::RefreshToken, "auth.refresh")
-        .on(format!("session:{sid}"));
+    let ev = client.event(&user.username, AuthMethod::RefreshToken, "auth.refresh").on(format!("session:{sid}"));
     let s = sid.clone();
     let old = session.refresh_mac.clone();
     st.store()

@@ -16,9 +16,7 @@ use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_keys, create_key))
-        .routes(routes!(revoke_key))
+    OpenApiRouter::new().routes(routes!(list_keys, create_key)).routes(routes!(revoke_key))
 }
 
 /// A list of keys.
@@ -69,14 +67,9 @@ pub struct CreatedKey {
 }
 
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys", security(("bearer" = [])), params(KeyQuery), responses((status = 200, body = KeyList)))]
-async fn list_keys(
-    State(st): State<AppState>,
-    p: Principal,
-    Query(q): Query<KeyQuery>,
-) -> ApiResult<Json<KeyList>> {
+async fn list_keys(State(st): State<AppState>, p: Principal, Query(q): Query<KeyQuery>) -> ApiResult<Json<KeyList>> {
     let scope = if q.all || q.user_id.is_some_and(|u| !p.is_user(u)) || p.user_id.is_none() {
-        p.authorize(&st, Permission::KeysManageAll, "key.list")
-            .await?;
+        p.authorize(&st, Permission::KeysManageAll, "key.list").await?;
         if q.all || p.user_id.is_none() && q.user_id.is_none() {
             None
         } else {
@@ -86,9 +79,7 @@ async fn list_keys(
         p.authorize(&st, Permission::OwnKeys, "key.list").await?;
         p.user_id
     };
-    Ok(Json(KeyList {
-        data: st.store().read(move |c| keys::list(c, scope)).await?,
-    }))
+    Ok(Json(KeyList { data: st.store().read(move |c| keys::list(c, scope)).await? }))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", security(("bearer" = [])), request_body = CreateKey,
@@ -100,8 +91,7 @@ async fn create_key(
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     let for_other = req.user_id.is_some_and(|u| !p.is_user(u)) || p.user_id.is_none();
     if for_other {
-        p.authorize(&st, Permission::KeysManageAll, "key.create")
-            .await?;
+        p.authorize(&st, Permission::KeysManageAll, "key.create").await?;
     } else {
         p.authorize(&st, Permission::OwnKeys, "key.create").await?;
     }
@@ -119,24 +109,13 @@ async fn create_key(
     }
     let expires_at = match (req.expires_at, req.expires_in_days) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::field(
-                "expires_at",
-                "give expires_at or expires_in_days, not both",
-            ))
+            return Err(ApiError::field("expires_at", "give expires_at or expires_in_days, not both"))
         }
         (Some(t), None) if t <= now_secs() => {
-            return Err(ApiError::field(
-                "expires_at",
-                "expires_at must be in the future",
-            ))
+            return Err(ApiError::field("expires_at", "expires_at must be in the future"))
         }
         (Some(t), None) => Some(t),
-        (None, Some(0)) => {
-            return Err(ApiError::field(
-                "expires_in_days",
-                "expires_in_days must be at least 1",
-            ))
-        }
+        (None, Some(0)) => return Err(ApiError::field("expires_in_days", "expires_in_days must be at least 1")),
         (None, Some(d)) => Some(now_secs() + i64::from(d) * 86_400),
         (None, None) => None,
     };
@@ -146,38 +125,29 @@ async fn create_key(
         (None, Some(me)) => me,
         (None, None) => st
             .store()
-            .read(|c| {
-                Ok(users::list(c)?
-                    .into_iter()
-                    .find(|u| u.role == Role::Admin && u.status == UserStatus::Active))
-            })
+            .read(|c| Ok(users::list(c)?.into_iter().find(|u| u.role == Role::Admin && u.status == UserStatus::Active)))
             .await?
             .map(|u| u.id)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Conflict,
-                    "no admin exists yet; complete setup first",
-                )
-            })?,
+            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "no admin exists yet; complete setup first"))?,
     };
     let id = maasbox_crypto::random_hex(8);
     let secret = maasbox_crypto::random_hex(32);
     let mac = key_mac(&st, &secret);
-    let ev = p.event("key.create", format!("key:{id}"), json!({"name": name, "owner_id": owner_id, "allowed_models": req.allowed_models, "expires_at": expires_at}));
+    let ev = p.event(
+        "key.create",
+        format!("key:{id}"),
+        json!({"name": name, "owner_id": owner_id, "allowed_models": req.allowed_models, "expires_at": expires_at}),
+    );
     let (kid, models) = (id.clone(), req.allowed_models);
     let key = st
         .store()
         .write(move |c| {
             let owner = users::get(c, owner_id)?;
             if owner.status != UserStatus::Active {
-                return Err(maasbox_store::StoreError::Invalid(
-                    "cannot create a key for a disabled user".into(),
-                ));
+                return Err(maasbox_store::StoreError::Invalid("cannot create a key for a disabled user".into()));
             }
             if owner.role == Role::Auditor {
-                return Err(maasbox_store::StoreError::Invalid(
-                    "auditors cannot hold API keys".into(),
-                ));
+                return Err(maasbox_store::StoreError::Invalid("auditors cannot hold API keys".into()));
             }
             let k = keys::create(
                 c,
@@ -195,38 +165,23 @@ async fn create_key(
             Ok(WriteOutcome::audited(k, ev))
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            key,
-            secret: format!("mbx_{id}_{secret}"),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedKey { key, secret: format!("mbx_{id}_{secret}") })))
 }
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
-async fn revoke_key(
-    State(st): State<AppState>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn revoke_key(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let kid = id.clone();
     let key = st.store().read(move |c| keys::get(c, &kid)).await?;
     if p.is_user(key.user_id) {
         p.authorize(&st, Permission::OwnKeys, "key.revoke").await?;
     } else if p.role.allows(Permission::KeysManageAll) {
-        p.authorize(&st, Permission::KeysManageAll, "key.revoke")
-            .await?;
+        p.authorize(&st, Permission::KeysManageAll, "key.revoke").await?;
     } else {
         // Other users' keys are invisible, not forbidden: do not confirm they exist.
         return Err(ApiError::not_found("API key"));
     }
-    let ev = p.event(
-        "key.revoke",
-        format!("key:{id}"),
-        json!({"name": key.name, "owner": key.username}),
-    );
+    let ev = p.event("key.revoke", format!("key:{id}"), json!({"name": key.name, "owner": key.username}));
     st.store()
         .write(move |c| {
             keys::revoke(c, &id)?;

@@ -43,10 +43,7 @@ pub(crate) async fn health_db(State(st): State<AppState>) -> Response {
         Err(e) => {
             tracing::error!(error = %e, "database health check failed");
             metrics::counter!("maasbox_db_errors_total").increment(1);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "error", "message": "database unavailable"})),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "message": "database unavailable"})))
                 .into_response()
         }
     }
@@ -59,13 +56,7 @@ pub(crate) async fn health_engine(State(st): State<AppState>) -> Json<EngineStat
 pub(crate) async fn metrics_text(State(st): State<AppState>) -> Response {
     metrics::gauge!("maasbox_audit_queue_depth").set(st.store().queue_depth() as f64);
     metrics::gauge!("maasbox_uptime_seconds").set(st.0.started.elapsed().as_secs_f64());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::metrics_handle().render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics_handle().render())
         .into_response()
 }
 

@@ -97,11 +97,7 @@ pub struct SetPassword {
 pub(crate) async fn hash_password(st: &AppState, pw: &str, username: &str) -> ApiResult<String> {
     password::check_policy(pw, username, st.config().auth.min_password_length)
         .map_err(|e| ApiError::new(ErrorCode::WeakPassword, e.to_string()).param("password"))?;
-    let alg = if st.config().crypto.gm_mode {
-        password::Algorithm::Pbkdf2Sm3
-    } else {
-        password::Algorithm::Argon2id
-    };
+    let alg = if st.config().crypto.gm_mode { password::Algorithm::Pbkdf2Sm3 } else { password::Algorithm::Argon2id };
     let pw = pw.to_owned();
     tokio::task::spawn_blocking(move || password::hash(&pw, alg))
         .await
@@ -119,9 +115,7 @@ fn generate_password() -> String {
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), responses((status = 200, body = UserList)))]
 async fn list_users(State(st): State<AppState>, p: Principal) -> ApiResult<Json<UserList>> {
     p.authorize(&st, Permission::UsersRead, "user.list").await?;
-    Ok(Json(UserList {
-        data: st.store().read(users::list).await?,
-    }))
+    Ok(Json(UserList { data: st.store().read(users::list).await? }))
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateUser,
@@ -131,10 +125,8 @@ async fn create_user(
     p: Principal,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
-    p.authorize(&st, Permission::UsersManage, "user.create")
-        .await?;
-    users::validate_username(&req.username)
-        .map_err(|e| ApiError::field("username", e.to_string()))?;
+    p.authorize(&st, Permission::UsersManage, "user.create").await?;
+    users::validate_username(&req.username).map_err(|e| ApiError::field("username", e.to_string()))?;
     let (pw, generated) = match req.password {
         Some(pw) => (pw, false),
         None => (generate_password(), true),
@@ -144,11 +136,8 @@ async fn create_user(
     let must_change = req.must_change_password.unwrap_or(generated);
     let display = req.display_name.unwrap_or_default();
     let username = req.username;
-    let mut ev = p.event(
-        "user.create",
-        "",
-        json!({"username": username, "role": role, "must_change_password": must_change}),
-    );
+    let mut ev =
+        p.event("user.create", "", json!({"username": username, "role": role, "must_change_password": must_change}));
     let user = st
         .store()
         .write(move |c| {
@@ -166,22 +155,12 @@ async fn create_user(
             Ok(WriteOutcome::audited(u, ev))
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedUser {
-            user,
-            initial_password: generated.then_some(pw),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedUser { user, initial_password: generated.then_some(pw) })))
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = i64, Path)),
     responses((status = 200, body = User), (status = 404, body = crate::error::ErrorBody)))]
-async fn get_user(
-    State(st): State<AppState>,
-    p: Principal,
-    Path(id): Path<i64>,
-) -> ApiResult<Json<User>> {
+async fn get_user(State(st): State<AppState>, p: Principal, Path(id): Path<i64>) -> ApiResult<Json<User>> {
     if !p.is_user(id) {
         p.authorize(&st, Permission::UsersRead, "user.read").await?;
     }
@@ -197,24 +176,12 @@ async fn update_user(
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<User>> {
     if !(p.is_user(id) && req.role.is_none() && req.status.is_none()) {
-        p.authorize(&st, Permission::UsersManage, "user.update")
-            .await?;
+        p.authorize(&st, Permission::UsersManage, "user.update").await?;
     }
-    if req
-        .display_name
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > 128)
-    {
-        return Err(ApiError::field(
-            "display_name",
-            "display_name must be at most 128 characters",
-        ));
+    if req.display_name.as_ref().is_some_and(|d| d.chars().count() > 128) {
+        return Err(ApiError::field("display_name", "display_name must be at most 128 characters"));
     }
-    let patch = users::UserPatch {
-        display_name: req.display_name,
-        role: req.role,
-        status: req.status,
-    };
+    let patch = users::UserPatch { display_name: req.display_name, role: req.role, status: req.status };
     let ev = p.event("user.update", format!("user:{id}"), json!({}));
     let user = st
         .store()
@@ -229,10 +196,7 @@ async fn update_user(
                 changes.insert("status".into(), json!([before.status, after.status]));
             }
             if before.display_name != after.display_name {
-                changes.insert(
-                    "display_name".into(),
-                    json!([before.display_name, after.display_name]),
-                );
+                changes.insert("display_name".into(), json!([before.display_name, after.display_name]));
             }
             ev.details = json!({"username": after.username, "changes": changes});
             Ok(WriteOutcome::audited(after, ev))
@@ -244,13 +208,8 @@ async fn update_user(
 
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = i64, Path)),
     responses((status = 204), (status = 409, body = crate::error::ErrorBody)))]
-async fn delete_user(
-    State(st): State<AppState>,
-    p: Principal,
-    Path(id): Path<i64>,
-) -> ApiResult<StatusCode> {
-    p.authorize(&st, Permission::UsersManage, "user.delete")
-        .await?;
+async fn delete_user(State(st): State<AppState>, p: Principal, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    p.authorize(&st, Permission::UsersManage, "user.delete").await?;
     let ev = p.event("user.delete", format!("user:{id}"), json!({}));
     st.store()
         .write(move |c| {
@@ -274,8 +233,7 @@ async fn set_password(
 ) -> ApiResult<StatusCode> {
     let own = p.is_user(id);
     if !own {
-        p.authorize(&st, Permission::UsersManage, "user.password")
-            .await?;
+        p.authorize(&st, Permission::UsersManage, "user.password").await?;
     }
     let target = st.store().read(move |c| users::get(c, id)).await?;
     if own {
@@ -283,35 +241,23 @@ async fn set_password(
             .current_password
             .as_deref()
             .ok_or_else(|| {
-                ApiError::field(
-                    "current_password",
-                    "current_password is required to change your own password",
-                )
+                ApiError::field("current_password", "current_password is required to change your own password")
             })?
             .to_owned();
-        let stored = st
-            .store()
-            .read(move |c| users::password_hash(c, id))
-            .await?;
+        let stored = st.store().read(move |c| users::password_hash(c, id)).await?;
         let ok = tokio::task::spawn_blocking(move || password::verify(&current, &stored))
             .await
             .map_err(ApiError::internal)?;
         if !ok {
-            let ev = p
-                .event("user.password", format!("user:{id}"), json!({}))
-                .failed("wrong_current_password");
+            let ev = p.event("user.password", format!("user:{id}"), json!({})).failed("wrong_current_password");
             crate::auth::audit_only(&st, ev).await?;
             return Err(
-                ApiError::new(ErrorCode::InvalidCredentials, "current password is wrong")
-                    .param("current_password"),
+                ApiError::new(ErrorCode::InvalidCredentials, "current password is wrong").param("current_password")
             );
         }
         if req.current_password.as_deref() == Some(req.password.as_str()) {
-            return Err(ApiError::new(
-                ErrorCode::WeakPassword,
-                "the new password must differ from the current one",
-            )
-            .param("password"));
+            return Err(ApiError::new(ErrorCode::WeakPassword, "the new password must differ from the current one")
+                .param("password"));
         }
     }
     let hash = hash_password(&st, &req.password, &target.username).await?;

@@ -83,11 +83,7 @@ impl Server {
         let resp = r.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, v)
     }
 
@@ -102,32 +98,25 @@ impl Server {
     /// Complete setup; returns the admin's access token.
     pub async fn setup(&self) -> String {
         let (s, v) = self
-            .req(Method::POST, "/api/v1/auth/setup", None, Some(json!({"code": self.setup_code.clone().unwrap(), "username": "admin", "password": ADMIN_PW})))
+            .req(
+                Method::POST,
+                "/api/v1/auth/setup",
+                None,
+                Some(json!({"code": self.setup_code.clone().unwrap(), "username": "admin", "password": ADMIN_PW})),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["access_token"].as_str().unwrap().to_owned()
     }
 
     pub async fn login(&self, user: &str, pw: &str) -> (StatusCode, Value) {
-        self.req(
-            Method::POST,
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"username": user, "password": pw})),
-        )
-        .await
+        self.req(Method::POST, "/api/v1/auth/login", None, Some(json!({"username": user, "password": pw}))).await
     }
 
     /// Create a user with a password; returns (id, access token).
     pub async fn user(&self, admin: &str, name: &str, role: &str) -> (i64, String) {
         let pw = format!("{name}-Pw-12345!").replace(name, "Xy");
-        let (s, v) = self
-            .post(
-                "/api/v1/users",
-                admin,
-                json!({"username": name, "role": role, "password": pw}),
-            )
-            .await;
+        let (s, v) = self.post("/api/v1/users", admin, json!({"username": name, "role": role, "password": pw})).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let id = v["id"].as_i64().unwrap();
         let (s, v) = self.login(name, &pw).await;
@@ -136,12 +125,7 @@ impl Server {
     }
 
     pub async fn events(&self, admin: &str, action: &str) -> Vec<Value> {
-        let (s, v) = self
-            .get(
-                &format!("/api/v1/audit/logs?action={action}&limit=1000"),
-                admin,
-            )
-            .await;
+        let (s, v) = self.get(&format!("/api/v1/audit/logs?action={action}&limit=1000"), admin).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["data"].as_array().unwrap().clone()
     }
@@ -161,15 +145,9 @@ impl Server {
 /// Assert the OpenAI error shape and return (type, code).
 pub fn assert_error_shape(v: &Value) -> (String, String) {
     let e = &v["error"];
-    assert!(
-        e["message"].is_string() && !e["message"].as_str().unwrap().is_empty(),
-        "message: {v}"
-    );
+    assert!(e["message"].is_string() && !e["message"].as_str().unwrap().is_empty(), "message: {v}");
     assert!(e["type"].is_string(), "type: {v}");
     assert!(e.get("param").is_some(), "param present (maybe null): {v}");
     assert!(e["code"].is_string(), "code: {v}");
-    (
-        e["type"].as_str().unwrap().to_owned(),
-        e["code"].as_str().unwrap().to_owned(),
-    )
+    (e["type"].as_str().unwrap().to_owned(), e["code"].as_str().unwrap().to_owned())
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the Debian packages maasbox needs to build and test, only those missing.
+# Safe to run repeatedly; needs root or sudo when something is missing.
+set -euo pipefail
+PKGS=(build-essential pkg-config curl ca-certificates cmake clang libclang-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
