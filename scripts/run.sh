@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-system.sh
+python3 models/fetch.py
 cargo build --release -p maasbox
 exec target/release/maasbox serve "$@"

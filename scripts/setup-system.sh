@@ -2,7 +2,7 @@
 # Install the Debian packages maasbox needs to build and test, only those missing.
 # Safe to run repeatedly; needs root or sudo when something is missing.
 set -euo pipefail
-PKGS=(build-essential pkg-config curl ca-certificates cmake clang libclang-dev)
+PKGS=(build-essential pkg-config curl ca-certificates cmake clang libclang-dev python3 python3-venv python3-pip)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

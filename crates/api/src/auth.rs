@@ -120,6 +120,14 @@ impl Principal {
         }
     }
 
+    /// Whether this caller's key allows `model_id` (`name:tag`); a key entry without a tag
+    /// allows every tag of that name.
+    pub fn may_use_model(&self, model_id: &str) -> bool {
+        let Some(allowed) = &self.allowed_models else { return true };
+        let name = model_id.split(':').next().unwrap_or(model_id);
+        allowed.iter().any(|a| a == model_id || (!a.contains(':') && a == name) || a == &format!("{model_id}:latest"))
+    }
+
     /// Whether this principal is `user_id`.
     pub fn is_user(&self, user_id: i64) -> bool {
         self.user_id == Some(user_id)

@@ -28,6 +28,8 @@ pub struct Config {
     pub crypto: CryptoConfig,
     /// Audit chain.
     pub audit: AuditConfig,
+    /// Local inference.
+    pub engine: EngineConfig,
 }
 
 /// `[server]`
@@ -180,6 +182,56 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self { checkpoint_every: 1000, batch_max: 512 }
+    }
+}
+
+/// `[engine]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Sequences decoded together per model (continuous-batching slots).
+    pub parallel: usize,
+    /// CPU threads per model; 0 = all available cores.
+    pub threads: usize,
+    /// Context size per model in tokens, shared by its slots (0 = the model's own, up to 8192).
+    pub context_size: u32,
+    /// Layers to offload to the GPU: "auto" (all that fit the build's backend) or a number.
+    pub gpu_layers: String,
+    /// Unload a model idle this long (seconds); a request may override with `keep_alive`.
+    pub keep_alive_secs: u64,
+    /// Most models loaded at once; the least recently used idle one is unloaded first.
+    pub max_loaded_models: usize,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            parallel: 4,
+            threads: 0,
+            context_size: 0,
+            gpu_layers: "auto".into(),
+            keep_alive_secs: 300,
+            max_loaded_models: 3,
+            default_max_tokens: 1024,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Threads to use.
+    pub fn effective_threads(&self) -> i32 {
+        if self.threads > 0 {
+            self.threads as i32
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get() as i32)
+        }
+    }
+
+    /// `gpu_layers` as a number (`None` = auto).
+    pub fn gpu_layers(&self) -> Option<u32> {
+        self.gpu_layers.parse().ok()
     }
 }
 
@@ -338,6 +390,15 @@ impl Config {
         }
         if self.audit.batch_max < 1 {
             return Err(ConfigError::Key { key: "audit.batch_max".into(), message: "must be at least 1".into() });
+        }
+        if self.engine.gpu_layers != "auto" && self.engine.gpu_layers.parse::<u32>().is_err() {
+            return Err(ConfigError::Key {
+                key: "engine.gpu_layers".into(),
+                message: "must be \"auto\" or a number".into(),
+            });
+        }
+        if !(1..=64).contains(&self.engine.parallel) {
+            return Err(ConfigError::Key { key: "engine.parallel".into(), message: "must be between 1 and 64".into() });
         }
         if self.server.request_timeout_secs == 0 {
             return Err(ConfigError::Key {

@@ -52,6 +52,7 @@ pub use state::{AppState, Startup};
         (name = "users", description = "Accounts and roles"),
         (name = "keys", description = "API keys"),
         (name = "audit", description = "The SM3-chained audit log"),
+        (name = "models", description = "The model registry"),
     )
 )]
 struct ApiDoc;
@@ -76,6 +77,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::users::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
+        .merge(routes::models::router())
         .split_for_parts()
 }
 
@@ -89,6 +91,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ("/metrics", "Prometheus metrics"),
         ("/openapi.json", "This document"),
         ("/docs", "Human-readable API docs, served offline"),
+        ("/v1/models", "OpenAI: models the caller may use"),
     ];
     for (path, summary) in system {
         let op = utoipa::openapi::path::OperationBuilder::new()
@@ -97,6 +100,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             .response("200", utoipa::openapi::ResponseBuilder::new().description("OK").build())
             .build();
         doc.paths.add_path_operation(path, vec![utoipa::openapi::HttpMethod::Get], op);
+    }
+    for (path, summary) in [
+        ("/v1/chat/completions", "OpenAI: chat completion (streaming with SSE when stream=true)"),
+        ("/v1/completions", "OpenAI: text completion"),
+        ("/v1/embeddings", "OpenAI: embeddings (string or array input; float or base64)"),
+    ] {
+        let op = utoipa::openapi::path::OperationBuilder::new()
+            .summary(Some(summary))
+            .tag("openai")
+            .response("200", utoipa::openapi::ResponseBuilder::new().description("OK").build())
+            .build();
+        doc.paths.add_path_operation(path, vec![utoipa::openapi::HttpMethod::Post], op);
     }
     doc
 }
@@ -108,7 +123,8 @@ pub fn router(state: AppState) -> Router {
     let cfg = state.config().server.clone();
     let request_id = HeaderName::from_static("x-request-id");
 
-    let app = Router::new()
+    // The request timeout covers the platform API; /v1 streams may run as long as generation.
+    let timed = Router::new()
         .merge(api_routes)
         .route("/health", get(routes::system::health))
         .route("/health/db", get(routes::system::health_db))
@@ -116,6 +132,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::system::metrics_text))
         .route("/openapi.json", get(move || std::future::ready(axum::Json(doc.clone()))))
         .route("/docs", get(routes::system::docs))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(cfg.request_timeout_secs),
+        ));
+    let app = Router::new()
+        .merge(timed)
+        .merge(routes::openai::router())
         .fallback(|| async {
             error::ApiError::new(
                 maasbox_types::ErrorCode::UnknownRoute,
@@ -124,10 +147,6 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(RequestBodyLimitLayer::new(cfg.body_limit_bytes))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(cfg.request_timeout_secs),
-        ))
         .layer(middleware::from_fn(error::normalize_errors));
 
     let app = match cors_layer(&cfg.cors_origins) {
@@ -317,12 +336,26 @@ pub async fn serve(
             }
         })
     };
+    let reaper = {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let idle = Duration::from_secs(st.config().engine.keep_alive_secs);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                for name in st.engine().unload_idle(idle) {
+                    tracing::info!(model = %name, "unloaded after keep_alive");
+                }
+            }
+        })
+    };
     let app = router(state.clone());
     tracing::info!(%addr, "maasbox listening");
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await?;
     flusher.abort();
+    reaper.abort();
     state.flush_key_uses().await;
     state.audit_system("system.stop", serde_json::json!({})).await?;
     let store = state.store().clone();

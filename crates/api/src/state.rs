@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     /// Last use of API keys, flushed to the store in the background.
     pub key_uses: Mutex<HashMap<String, i64>>,
     pub engine: EngineHandle,
+    /// Serialises model loads so two requests do not load the same model twice.
+    pub load_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
@@ -155,6 +157,7 @@ impl AppState {
             auth_cache: AuthCache::default(),
             key_uses: Mutex::new(HashMap::new()),
             engine,
+            load_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             config,
             _lock: lock,

@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 pub mod audit;
 pub mod keys;
 mod migrations;
+pub mod models;
 pub mod sessions;
 pub mod users;
 mod writer;

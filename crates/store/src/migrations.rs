@@ -83,6 +83,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
         BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
     "#,
+    // 2: the model registry.
+    r#"
+    CREATE TABLE models (
+        name       TEXT NOT NULL,
+        tag        TEXT NOT NULL,
+        blob       TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        info       TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, tag)
+    );
+    CREATE INDEX models_blob ON models(blob);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -72,6 +72,12 @@ error_codes! {
     UnknownRoute => (404, "invalid_request_error", "unknown_url");
     /// The route exists but not for this method.
     MethodNotAllowed => (405, "invalid_request_error", "method_not_allowed");
+    /// The model does not exist (or is hidden from the caller).
+    ModelNotFound => (404, "invalid_request_error", "model_not_found");
+    /// The prompt does not fit the model's context.
+    ContextLengthExceeded => (400, "invalid_request_error", "context_length_exceeded");
+    /// A request field is valid OpenAI but not supported here (yet).
+    UnsupportedParameter => (400, "invalid_request_error", "unsupported_parameter");
     /// The request conflicts with the current state (duplicate name, …).
     Conflict => (409, "invalid_request_error", "conflict");
     /// Setup was already completed.

@@ -158,6 +158,30 @@ pub struct ApiKey {
     pub last_used_at: Option<UnixSeconds>,
 }
 
+/// A registry entry: `name:tag` pointing at a content-addressed GGUF blob.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelRecord {
+    /// `name:tag`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Tag (default `latest`).
+    pub tag: String,
+    /// SHA-256 of the GGUF (hex); the blob is `models/blobs/sha256-<hex>`.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Metadata read from the GGUF header.
+    #[schema(value_type = Object)]
+    pub info: serde_json::Value,
+    /// Where it came from (a path, URL or bundle).
+    pub source: String,
+    /// Who imported it.
+    pub created_by: String,
+    /// When (Unix seconds).
+    pub created_at: UnixSeconds,
+}
+
 /// How a caller proved who they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

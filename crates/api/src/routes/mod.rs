@@ -3,5 +3,7 @@
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod keys;
+pub(crate) mod models;
+pub(crate) mod openai;
 pub(crate) mod system;
 pub(crate) mod users;

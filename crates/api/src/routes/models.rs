@@ -1,0 +1,320 @@
+//! `/api/v1/models`: the model registry (import a local GGUF, list, show, delete, load, unload).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use maasbox_engine::{LoadedModel, ModelInfo, ModelSpec};
+use maasbox_store::{models, WriteOutcome};
+use maasbox_types::{ErrorCode, ModelRecord, Permission};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::AppState;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models, import_model))
+        .routes(routes!(get_model, delete_model))
+        .routes(routes!(load_model))
+        .routes(routes!(unload_model))
+        .routes(routes!(running))
+}
+
+/// Registry entries.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Models by name and tag, with `loaded` when in memory.
+    pub data: Vec<ModelView>,
+}
+
+/// A registry entry and whether it is loaded.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: ModelRecord,
+    /// In memory now.
+    pub loaded: bool,
+}
+
+/// `POST /api/v1/models`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportModel {
+    /// A GGUF file on the server's filesystem.
+    pub path: String,
+    /// `name[:tag]`; default: the file name without extension, tag `latest`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Models in memory.
+#[derive(Serialize, ToSchema)]
+pub struct RunningList {
+    /// Loaded models.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<ModelInfo>,
+}
+
+/// `DELETE` options.
+#[derive(Deserialize, IntoParams)]
+pub struct DeleteQuery {
+    /// Unload first if the model is loaded.
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn blobs_dir(st: &AppState) -> PathBuf {
+    st.data_dir().join("models").join("blobs")
+}
+
+/// The blob path of a record.
+pub(crate) fn blob_path(st: &AppState, sha256: &str) -> PathBuf {
+    blobs_dir(st).join(format!("sha256-{sha256}"))
+}
+
+fn resolve(name: &str) -> ApiResult<(String, String)> {
+    models::parse_ref(name).map_err(|e| ApiError::field("model", e.to_string()))
+}
+
+/// Load `name` if needed (blocking work off the async threads), evicting the least recently
+/// used idle model when the configured maximum is reached.
+pub(crate) async fn ensure_loaded(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> {
+    let (name, tag) = resolve(model)?;
+    let id = format!("{name}:{tag}");
+    if let Some(m) = st.engine().get(&id) {
+        return Ok(m);
+    }
+    let _guard = st.0.load_lock.lock().await;
+    if let Some(m) = st.engine().get(&id) {
+        return Ok(m);
+    }
+    let (n, t) = (name.clone(), tag.clone());
+    let rec = st.store().read(move |c| models::get(c, &n, &t)).await.map_err(|e| match e {
+        maasbox_store::StoreError::NotFound(_) => {
+            ApiError::new(ErrorCode::ModelNotFound, format!("the model '{model}' does not exist")).param("model")
+        }
+        e => e.into(),
+    })?;
+    let cfg = &st.config().engine;
+    let status = st.engine().status();
+    if status.loaded_models.len() >= cfg.max_loaded_models {
+        if let Some(victim) = st.engine().least_recently_used() {
+            tracing::info!(model = %victim, "unloading the least recently used model to make room");
+            st.engine().unload(&victim);
+        }
+    }
+    let spec = ModelSpec {
+        name: id.clone(),
+        path: blob_path(st, &rec.sha256),
+        n_ctx: (cfg.context_size > 0).then_some(cfg.context_size),
+        parallel: cfg.parallel,
+        n_threads: cfg.effective_threads(),
+        n_gpu_layers: cfg.gpu_layers(),
+    };
+    let engine = st.engine().clone();
+    tokio::task::spawn_blocking(move || engine.load(&spec))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("could not load model '{id}': {e}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/models", tag = "models", security(("bearer" = [])), responses((status = 200, body = ModelList)))]
+async fn list_models(State(st): State<AppState>, p: Principal) -> ApiResult<Json<ModelList>> {
+    p.authorize(&st, Permission::Inference, "model.list").await?;
+    let recs = st.store().read(models::list).await?;
+    let data = recs
+        .into_iter()
+        .filter(|r| p.may_use_model(&r.id))
+        .map(|r| ModelView { loaded: st.engine().get(&r.id).is_some(), record: r })
+        .collect();
+    Ok(Json(ModelList { data }))
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 200, body = ModelView), (status = 404, body = crate::error::ErrorBody)))]
+async fn get_model(
+    State(st): State<AppState>,
+    p: Principal,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<ModelView>> {
+    p.authorize(&st, Permission::Inference, "model.read").await?;
+    let (n, t) = resolve(&name)?;
+    let rec = st.store().read(move |c| models::get(c, &n, &t)).await?;
+    if !p.may_use_model(&rec.id) {
+        return Err(ApiError::not_found("model"));
+    }
+    Ok(Json(ModelView { loaded: st.engine().get(&rec.id).is_some(), record: rec }))
+}
+
+/// Hash while copying into a temporary file beside the blobs; returns (sha256 hex, size, tmp).
+fn copy_hashed(src: &Path, dir: &Path) -> std::io::Result<(String, u64, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".import-{}", maasbox_crypto::random_hex(8)));
+    let result = (|| {
+        let mut input = std::fs::File::open(src)?;
+        let mut out = std::fs::File::create(&tmp)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            size += n as u64;
+        }
+        out.sync_all()?;
+        Ok((hex::encode(hasher.finalize()), size))
+    })();
+    match result {
+        Ok((h, s)) => Ok((h, s, tmp)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/models", tag = "models", security(("bearer" = [])), request_body = ImportModel,
+    responses((status = 201, body = ModelRecord), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+async fn import_model(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<ImportModel>,
+) -> ApiResult<(StatusCode, Json<ModelRecord>)> {
+    p.authorize(&st, Permission::ModelsImport, "model.import").await?;
+    let src = PathBuf::from(&req.path);
+    let default_name = src.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let (name, tag) = resolve(req.name.as_deref().unwrap_or(&default_name))?;
+    // Read the header first: nothing is copied for a file that is not a usable GGUF.
+    let info = {
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || maasbox_engine::gguf::read_info(&src))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::field("path", format!("{}: {e}", req.path)))?
+    };
+    let dir = blobs_dir(&st);
+    let (sha, size, tmp) = {
+        let (src, dir) = (src.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || copy_hashed(&src, &dir))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::field("path", format!("cannot read {}: {e}", req.path)))?
+    };
+    let blob = dir.join(format!("sha256-{sha}"));
+    let fresh = !blob.exists();
+    if fresh {
+        std::fs::rename(&tmp, &blob).map_err(ApiError::internal)?;
+    } else {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let rec = ModelRecord {
+        id: format!("{name}:{tag}"),
+        name,
+        tag,
+        sha256: sha,
+        size: size as i64,
+        info: serde_json::to_value(&info).unwrap_or_default(),
+        source: format!("file:{}", req.path),
+        created_by: p.username.clone(),
+        created_at: 0,
+    };
+    let ev = p.event(
+        "model.import",
+        format!("model:{}", rec.id),
+        json!({"sha256": rec.sha256, "size": size, "source": rec.source, "architecture": info.architecture}),
+    );
+    let r2 = rec.clone();
+    match st.store().write(move |c| Ok(WriteOutcome::audited(models::insert(c, &r2)?, ev))).await {
+        Ok(saved) => Ok((StatusCode::CREATED, Json(saved))),
+        Err(e) => {
+            if fresh {
+                let _ = std::fs::remove_file(&blob);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models", security(("bearer" = [])), params(("name" = String, Path), DeleteQuery),
+    responses((status = 204), (status = 409, body = crate::error::ErrorBody)))]
+async fn delete_model(
+    State(st): State<AppState>,
+    p: Principal,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    p.authorize(&st, Permission::ModelsImport, "model.delete").await?;
+    let (n, t) = resolve(&name)?;
+    let id = format!("{n}:{t}");
+    if st.engine().get(&id).is_some() {
+        if !q.force {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("model '{id}' is loaded; unload it first or pass ?force=true"),
+            ));
+        }
+        st.engine().unload(&id);
+    }
+    let ev = p.event("model.delete", format!("model:{id}"), json!({"forced": q.force}));
+    let (rec, orphan) = st.store().write(move |c| Ok(WriteOutcome::audited(models::delete(c, &n, &t)?, ev))).await?;
+    if orphan {
+        let _ = std::fs::remove_file(blob_path(&st, &rec.sha256));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/load", tag = "models", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+async fn load_model(
+    State(st): State<AppState>,
+    p: Principal,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<ModelInfo>> {
+    p.authorize(&st, Permission::ModelsImport, "model.load").await?;
+    let m = ensure_loaded(&st, &name).await?;
+    let ev = p.event(
+        "model.load",
+        format!("model:{}", m.info().name),
+        json!({"n_ctx": m.info().n_ctx, "parallel": m.info().parallel}),
+    );
+    crate::auth::audit_only(&st, ev).await?;
+    Ok(Json(m.info().clone()))
+}
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/unload", tag = "models", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+async fn unload_model(
+    State(st): State<AppState>,
+    p: Principal,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    p.authorize(&st, Permission::ModelsImport, "model.unload").await?;
+    let (n, t) = resolve(&name)?;
+    let id = format!("{n}:{t}");
+    if !st.engine().unload(&id) {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("model '{id}' is not loaded")));
+    }
+    crate::auth::audit_only(&st, p.event("model.unload", format!("model:{id}"), json!({}))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/models/running", tag = "models", security(("bearer" = [])), responses((status = 200, body = RunningList)))]
+async fn running(State(st): State<AppState>, p: Principal) -> ApiResult<Json<RunningList>> {
+    p.authorize(&st, Permission::Inference, "model.ps").await?;
+    Ok(Json(RunningList { data: st.engine().status().loaded_models }))
+}

@@ -1,0 +1,725 @@
+//! The OpenAI-compatible `/v1`: models, chat completions, completions, embeddings.
+//!
+//! Every request needs a key or session with the `Inference` permission and a key that allows
+//! the model; every request writes one audit event (model, tokens, latency, outcome), committed
+//! before the last byte of the response is sent — in streams, before the final chunk and
+//! `[DONE]`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use maasbox_engine::{ChatMessage, FinishReason, GenEvent, LoadedModel, SamplingParams, Usage};
+use maasbox_store::models;
+use maasbox_types::{now_secs, ErrorCode, Permission};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::routes::models::ensure_loaded;
+use crate::state::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+}
+
+/// `"stop"`: a string or a list of strings.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => vec![s],
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+/// Message content: a string, or a list of parts of which only text is supported.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize, Debug)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+struct Message {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize, Debug)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Deserialize, Debug)]
+struct JsonSchemaFormat {
+    #[serde(default)]
+    schema: Option<Value>,
+}
+
+/// Sampling and stopping fields shared by chat and completions.
+#[derive(Deserialize, Debug, Default)]
+struct Common {
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<i32>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<StringOrList>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    logit_bias: Option<HashMap<String, f32>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    user: Option<String>,
+    // Accepted by OpenAI, not supported here: present → 400 naming the field.
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<Value>,
+    #[serde(default)]
+    echo: Option<Value>,
+    #[serde(default)]
+    best_of: Option<Value>,
+    #[serde(default)]
+    suffix: Option<Value>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<Message>,
+    #[serde(default)]
+    response_format: Option<ResponseFormat>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Deserialize, Debug)]
+struct CompletionRequest {
+    model: String,
+    prompt: StringOrList,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingRequest {
+    model: String,
+    input: StringOrList,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+fn unsupported(field: &str, why: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnsupportedParameter, format!("'{field}' is not supported: {why}")).param(field)
+}
+
+/// Validate the shared fields; returns sampling parameters, stop strings, max tokens (if given).
+fn common_params(c: &Common) -> ApiResult<(SamplingParams, Vec<String>, Option<usize>)> {
+    let _ = &c.user;
+    for (name, v) in [
+        ("tools", &c.tools),
+        ("tool_choice", &c.tool_choice),
+        ("functions", &c.functions),
+        ("function_call", &c.function_call),
+        ("parallel_tool_calls", &c.parallel_tool_calls),
+    ] {
+        if v.is_some() {
+            return Err(unsupported(name, "tool calling is not available yet"));
+        }
+    }
+    for (name, v) in [
+        ("logprobs", &c.logprobs),
+        ("top_logprobs", &c.top_logprobs),
+        ("echo", &c.echo),
+        ("best_of", &c.best_of),
+        ("suffix", &c.suffix),
+    ] {
+        if v.as_ref().is_some_and(|v| !v.is_null() && v != &json!(false)) {
+            return Err(unsupported(name, "not implemented"));
+        }
+    }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(unsupported("n", "only n = 1 is supported"));
+    }
+    let mut p = SamplingParams::default();
+    if let Some(t) = c.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::field("temperature", "temperature must be between 0 and 2"));
+        }
+        p.temperature = t;
+    }
+    if let Some(v) = c.top_p {
+        if !(0.0..=1.0).contains(&v) || v == 0.0 {
+            return Err(ApiError::field("top_p", "top_p must be in (0, 1]"));
+        }
+        p.top_p = v;
+    }
+    if let Some(v) = c.top_k {
+        if v < 0 {
+            return Err(ApiError::field("top_k", "top_k must be 0 (off) or positive"));
+        }
+        p.top_k = v;
+    }
+    if let Some(v) = c.min_p {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(ApiError::field("min_p", "min_p must be between 0 and 1"));
+        }
+        p.min_p = v;
+    }
+    if let Some(s) = c.seed {
+        p.seed = s as u32;
+    }
+    for (name, v, slot) in [
+        ("presence_penalty", c.presence_penalty, &mut p.presence_penalty),
+        ("frequency_penalty", c.frequency_penalty, &mut p.frequency_penalty),
+    ] {
+        if let Some(v) = v {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::field(name, format!("{name} must be between -2 and 2")));
+            }
+            *slot = v;
+        }
+    }
+    if let Some(bias) = &c.logit_bias {
+        for (k, v) in bias {
+            let id: i32 = k
+                .parse()
+                .map_err(|_| ApiError::field("logit_bias", format!("logit_bias key '{k}' is not a token id")))?;
+            if !(-100.0..=100.0).contains(v) {
+                return Err(ApiError::field("logit_bias", "logit_bias values must be between -100 and 100"));
+            }
+            // OpenAI's -100 bans a token; llama.cpp needs -inf for a hard ban.
+            p.logit_bias.push((id, if *v <= -100.0 { f32::NEG_INFINITY } else { *v }));
+        }
+    }
+    let stop = c.stop.as_ref().map(|s| match s {
+        StringOrList::One(s) => vec![s.clone()],
+        StringOrList::Many(v) => v.clone(),
+    });
+    let stop = stop.unwrap_or_default();
+    if stop.len() > 4 {
+        return Err(ApiError::field("stop", "at most 4 stop sequences"));
+    }
+    let max = match (c.max_completion_tokens, c.max_tokens) {
+        (Some(0), _) | (None, Some(0)) => return Err(ApiError::field("max_tokens", "max_tokens must be at least 1")),
+        (Some(m), _) | (None, Some(m)) => Some(m as usize),
+        (None, None) => None,
+    };
+    Ok((p, stop, max))
+}
+
+/// Check access to `model` and load it. A model the caller may not use is reported as
+/// missing, so names do not leak.
+async fn model_for(st: &AppState, p: &Principal, model: &str, action: &str) -> ApiResult<Arc<LoadedModel>> {
+    p.authorize(st, Permission::Inference, action).await?;
+    let (name, tag) = models::parse_ref(model).map_err(|e| ApiError::field("model", e.to_string()))?;
+    let id = format!("{name}:{tag}");
+    if !p.may_use_model(&id) {
+        return Err(
+            ApiError::new(ErrorCode::ModelNotFound, format!("the model '{model}' does not exist")).param("model")
+        );
+    }
+    ensure_loaded(st, &id).await
+}
+
+async fn list_models(State(st): State<AppState>, p: Principal) -> ApiResult<Json<Value>> {
+    p.authorize(&st, Permission::Inference, "model.list").await?;
+    let recs = st.store().read(models::list).await?;
+    let data: Vec<Value> = recs
+        .into_iter()
+        .filter(|r| p.may_use_model(&r.id))
+        .map(|r| json!({"id": r.id, "object": "model", "created": r.created_at, "owned_by": "maasbox"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+fn messages(req: &[Message]) -> ApiResult<Vec<ChatMessage>> {
+    if req.is_empty() {
+        return Err(ApiError::field("messages", "messages must not be empty"));
+    }
+    req.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !["system", "user", "assistant", "developer", "tool"].contains(&m.role.as_str()) {
+                return Err(ApiError::field(&format!("messages[{i}].role"), format!("unknown role '{}'", m.role)));
+            }
+            let _ = &m.name;
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for part in parts {
+                        if part.kind != "text" {
+                            return Err(unsupported(
+                                &format!("messages[{i}].content"),
+                                &format!("'{}' parts are not supported", part.kind),
+                            ));
+                        }
+                        s.push_str(part.text.as_deref().unwrap_or_default());
+                    }
+                    s
+                }
+            };
+            let role = if m.role == "developer" { "system".to_owned() } else { m.role.clone() };
+            Ok(ChatMessage { role, content })
+        })
+        .collect()
+}
+
+struct Prepared {
+    model: Arc<LoadedModel>,
+    prompt: Vec<i32>,
+    params: SamplingParams,
+    stop: Vec<String>,
+    max_tokens: usize,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn budget(st: &AppState, model: &LoadedModel, prompt_len: usize, max: Option<usize>) -> ApiResult<usize> {
+    let n_ctx = model.info().n_ctx as usize;
+    if prompt_len + 1 > n_ctx {
+        return Err(ApiError::new(
+            ErrorCode::ContextLengthExceeded,
+            format!(
+                "This model's maximum context length is {n_ctx} tokens. However, your prompt resulted in {prompt_len} tokens. \
+                 Shorten the messages; nothing was truncated."
+            ),
+        )
+        .param("messages"));
+    }
+    let room = n_ctx - prompt_len;
+    Ok(max.unwrap_or(st.config().engine.default_max_tokens).min(room))
+}
+
+async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<ChatRequest>) -> ApiResult<Response> {
+    let t0 = Instant::now();
+    let (mut params, stop, max) = common_params(&req.common)?;
+    if let Some(rf) = &req.response_format {
+        params.grammar = match rf.kind.as_str() {
+            "text" => None,
+            "json_object" => Some(json_grammar(&json!({"type": "object"}))?),
+            "json_schema" => {
+                let schema = rf.json_schema.as_ref().and_then(|j| j.schema.clone()).ok_or_else(|| {
+                    ApiError::field("response_format.json_schema.schema", "json_schema needs a 'schema'")
+                })?;
+                Some(json_grammar(&schema)?)
+            }
+            other => {
+                return Err(ApiError::field("response_format.type", format!("unknown response_format type '{other}'")))
+            }
+        };
+    }
+    let msgs = messages(&req.messages)?;
+    let model = model_for(&st, &p, &req.model, "inference.chat").await?;
+    let m2 = model.clone();
+    let prompt = tokio::task::spawn_blocking(move || m2.tokenize_chat(&msgs))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()).param("messages"))?;
+    let max_tokens = budget(&st, &model, prompt.len(), max)?;
+    let prep = Prepared {
+        model,
+        prompt,
+        params,
+        stop,
+        max_tokens,
+        stream: req.common.stream.unwrap_or(false),
+        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    };
+    run(st, p, prep, Kind::Chat, t0).await
+}
+
+async fn completions(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> ApiResult<Response> {
+    let t0 = Instant::now();
+    let (params, stop, max) = common_params(&req.common)?;
+    let prompts = req.prompt.into_vec();
+    if prompts.len() != 1 {
+        return Err(unsupported("prompt", "send one prompt per request"));
+    }
+    let model = model_for(&st, &p, &req.model, "inference.completion").await?;
+    let prompt = model.tokenize(&prompts[0]);
+    if prompt.is_empty() {
+        return Err(ApiError::field("prompt", "prompt must not be empty"));
+    }
+    let max_tokens = budget(&st, &model, prompt.len(), max).map_err(|e| e.param("prompt"))?;
+    let prep = Prepared {
+        model,
+        prompt,
+        params,
+        stop,
+        max_tokens: max.map_or(max_tokens.min(16), |_| max_tokens),
+        stream: req.common.stream.unwrap_or(false),
+        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    };
+    run(st, p, prep, Kind::Completion, t0).await
+}
+
+fn json_grammar(schema: &Value) -> ApiResult<String> {
+    maasbox_engine::json_schema_grammar(&schema.to_string())
+        .map_err(|e| ApiError::field("response_format", e.to_string()))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    fn action(self) -> &'static str {
+        match self {
+            Kind::Chat => "inference.chat",
+            Kind::Completion => "inference.completion",
+        }
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+struct Outcome {
+    usage: Usage,
+    finish: Option<FinishReason>,
+    error: Option<String>,
+    cancelled: bool,
+    ttft_ms: f64,
+}
+
+async fn audit_inference(
+    st: &AppState,
+    p: &Principal,
+    kind: Kind,
+    model: &str,
+    o: &Outcome,
+    t0: Instant,
+    stream: bool,
+) -> ApiResult<()> {
+    let mut ev = p.event(
+        kind.action(),
+        format!("model:{model}"),
+        json!({
+            "model": model,
+            "prompt_tokens": o.usage.prompt_tokens,
+            "completion_tokens": o.usage.completion_tokens,
+            "latency_ms": (t0.elapsed().as_secs_f64() * 1000.0).round(),
+            "ttft_ms": o.ttft_ms.round(),
+            "finish_reason": o.finish,
+            "stream": stream,
+        }),
+    );
+    if o.cancelled {
+        ev = ev.failed("client_disconnected");
+    } else if let Some(e) = &o.error {
+        ev = ev.failed("engine_error");
+        ev.details["error"] = e.clone().into();
+    }
+    crate::auth::audit_only(st, ev).await
+}
+
+async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant) -> ApiResult<Response> {
+    let model_name = prep.model.info().name.clone();
+    let id = format!("{}-{}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, maasbox_crypto::random_hex(12));
+    let created = now_secs();
+    let prompt_len = prep.prompt.len();
+    let mut events = prep
+        .model
+        .generate(prep.prompt, prep.params, prep.max_tokens, prep.stop)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+
+    if !prep.stream {
+        let mut text = String::new();
+        let mut out = Outcome {
+            usage: Usage { prompt_tokens: prompt_len, ..Usage::default() },
+            finish: None,
+            error: None,
+            cancelled: false,
+            ttft_ms: 0.0,
+        };
+        while let Some(ev) = events.recv().await {
+            match ev {
+                GenEvent::Text(t) => text.push_str(&t),
+                GenEvent::Done { finish_reason, usage, ttft_ms, .. } => {
+                    out.finish = Some(finish_reason);
+                    out.usage = usage;
+                    out.ttft_ms = ttft_ms;
+                }
+                GenEvent::Error(e) => out.error = Some(e),
+            }
+        }
+        if out.finish.is_none() && out.error.is_none() {
+            out.error = Some("the engine stopped before finishing".into());
+        }
+        audit_inference(&st, &p, kind, &model_name, &out, t0, false).await?;
+        if let Some(e) = out.error {
+            return Err(ApiError::new(ErrorCode::Internal, e));
+        }
+        let choice = match kind {
+            Kind::Chat => {
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": out.finish, "logprobs": null})
+            }
+            Kind::Completion => json!({"index": 0, "text": text, "finish_reason": out.finish, "logprobs": null}),
+        };
+        let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+        return Ok(Json(json!({
+            "id": id, "object": object, "created": created, "model": model_name,
+            "choices": [choice], "usage": usage_json(&out.usage), "system_fingerprint": null,
+        }))
+        .into_response());
+    }
+
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
+    let include_usage = prep.include_usage;
+    tokio::spawn(async move {
+        let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let chunk = |delta: Value, finish: Option<FinishReason>| -> Event {
+            let choice = match kind {
+                Kind::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}),
+                Kind::Completion => {
+                    json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish, "logprobs": null})
+                }
+            };
+            let mut body = json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [choice], "system_fingerprint": null});
+            if include_usage {
+                body["usage"] = Value::Null;
+            }
+            Event::default().data(body.to_string())
+        };
+        let mut out = Outcome {
+            usage: Usage { prompt_tokens: prompt_len, ..Usage::default() },
+            finish: None,
+            error: None,
+            cancelled: false,
+            ttft_ms: 0.0,
+        };
+        if kind == Kind::Chat && tx.send(Ok(chunk(json!({"role": "assistant", "content": ""}), None))).await.is_err() {
+            out.cancelled = true;
+        }
+        while !out.cancelled {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = tx.closed() => { out.cancelled = true; break; }
+            };
+            match ev {
+                Some(GenEvent::Text(t)) => {
+                    if tx.send(Ok(chunk(json!({"content": t}), None))).await.is_err() {
+                        out.cancelled = true;
+                    }
+                }
+                Some(GenEvent::Done { finish_reason, usage, ttft_ms, .. }) => {
+                    out.finish = Some(finish_reason);
+                    out.usage = usage;
+                    out.ttft_ms = ttft_ms;
+                }
+                Some(GenEvent::Error(e)) => out.error = Some(e),
+                None => break,
+            }
+        }
+        // Dropping the receiver tells the engine to free the slot at its next step.
+        drop(events);
+        if out.finish.is_none() && out.error.is_none() && !out.cancelled {
+            out.error = Some("the engine stopped before finishing".into());
+        }
+        // The audit event is committed before the final bytes go out.
+        if let Err(e) = audit_inference(&st, &p, kind, &model_name, &out, t0, true).await {
+            let _ = tx.send(Ok(Event::default().data(serde_json::to_string(&e.body()).unwrap_or_default()))).await;
+            let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+            return;
+        }
+        if out.cancelled {
+            return;
+        }
+        if let Some(e) = out.error {
+            let err = ApiError::new(ErrorCode::Internal, e);
+            let _ = tx.send(Ok(Event::default().data(serde_json::to_string(&err.body()).unwrap_or_default()))).await;
+        } else {
+            let _ = tx.send(Ok(chunk(json!({}), out.finish))).await;
+            if include_usage {
+                let body = json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [], "usage": usage_json(&out.usage)});
+                let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
+            }
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response())
+}
+
+async fn embeddings(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> ApiResult<Response> {
+    let t0 = Instant::now();
+    let _ = &req.user;
+    if req.dimensions.is_some() {
+        return Err(unsupported("dimensions", "this model's vectors have a fixed size"));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                "encoding_format",
+                format!("encoding_format must be float or base64, not '{other}'"),
+            ))
+        }
+    };
+    let inputs = req.input.into_vec();
+    if inputs.is_empty() || inputs.len() > 2048 {
+        return Err(ApiError::field("input", "input must hold 1 to 2048 strings"));
+    }
+    if inputs.iter().any(String::is_empty) {
+        return Err(ApiError::field("input", "input strings must not be empty"));
+    }
+    let model = model_for(&st, &p, &req.model, "inference.embeddings").await?;
+    let name = model.info().name.clone();
+    let result = model.embed(&inputs).await;
+    let (vectors, n_tokens) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let o = Outcome {
+                usage: Usage::default(),
+                finish: None,
+                error: Some(e.to_string()),
+                cancelled: false,
+                ttft_ms: 0.0,
+            };
+            audit_inference_embed(&st, &p, &name, &o, t0).await?;
+            return Err(match e {
+                maasbox_engine::EngineError::ContextOverflow { index, tokens, limit } => ApiError::new(
+                    ErrorCode::ContextLengthExceeded,
+                    format!("input {index} has {tokens} tokens; this model's maximum context length is {limit} tokens"),
+                )
+                .param("input"),
+                maasbox_engine::EngineError::NotEmbedding(_) => {
+                    ApiError::field("model", format!("'{name}' is not an embedding model"))
+                }
+                e => ApiError::new(ErrorCode::Internal, e.to_string()),
+            });
+        }
+    };
+    let o = Outcome {
+        usage: Usage { prompt_tokens: n_tokens, ..Usage::default() },
+        finish: None,
+        error: None,
+        cancelled: false,
+        ttft_ms: 0.0,
+    };
+    audit_inference_embed(&st, &p, &name, &o, t0).await?;
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})).into_response())
+}
+
+async fn audit_inference_embed(st: &AppState, p: &Principal, model: &str, o: &Outcome, t0: Instant) -> ApiResult<()> {
+    let mut ev = p.event(
+        "inference.embeddings",
+        format!("model:{model}"),
+        json!({"model": model, "prompt_tokens": o.usage.prompt_tokens, "latency_ms": (t0.elapsed().as_secs_f64() * 1000.0).round()}),
+    );
+    if let Some(e) = &o.error {
+        ev = ev.failed("engine_error");
+        ev.details["error"] = e.clone().into();
+    }
+    crate::auth::audit_only(st, ev).await
+}

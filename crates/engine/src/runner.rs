@@ -1,0 +1,427 @@
+//! The per-model engine thread: it owns the llama.cpp context and runs continuous batching.
+//!
+//! Each step decodes, in one batch, one token for every generating slot plus prompt chunks for
+//! slots still reading their prompt (up to `n_batch` tokens), then samples every slot whose
+//! logits were produced. A new request takes the idle slot whose cached tokens share the longest
+//! prefix with its prompt (falling back to the least recently used), so a follow-up turn of a
+//! conversation only decodes what is new. A request whose receiver is gone (the client left) is
+//! released at the next step boundary.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+use crate::sampling::build_sampler;
+use crate::text::{take_utf8, StopFilter, StopOutcome};
+use crate::{EmbedJob, FinishReason, GenEvent, GenJob, Usage};
+
+pub(crate) enum Cmd {
+    Generate(GenJob),
+    Embed(EmbedJob),
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum Phase {
+    Idle,
+    Prompt,
+    Generating,
+}
+
+struct Slot {
+    id: i32,
+    phase: Phase,
+    /// Tokens whose keys/values are in this slot's KV sequence.
+    cached: Vec<LlamaToken>,
+    prompt: Vec<LlamaToken>,
+    n_past: usize,
+    i_batch: Option<i32>,
+    sampler: Option<LlamaSampler>,
+    last: LlamaToken,
+    n_gen: usize,
+    max_new: usize,
+    utf8: Vec<u8>,
+    stop: StopFilter,
+    tx: Option<mpsc::Sender<GenEvent>>,
+    last_used: Instant,
+    started: Instant,
+    first_token: Option<Instant>,
+    cache_hit: usize,
+}
+
+impl Slot {
+    fn new(id: i32) -> Self {
+        Self {
+            id,
+            phase: Phase::Idle,
+            cached: Vec::new(),
+            prompt: Vec::new(),
+            n_past: 0,
+            i_batch: None,
+            sampler: None,
+            last: LlamaToken(0),
+            n_gen: 0,
+            max_new: 0,
+            utf8: Vec::new(),
+            stop: StopFilter::default(),
+            tx: None,
+            last_used: Instant::now(),
+            started: Instant::now(),
+            first_token: None,
+            cache_hit: 0,
+        }
+    }
+
+    fn release(&mut self) {
+        self.phase = Phase::Idle;
+        self.tx = None;
+        self.sampler = None;
+        self.i_batch = None;
+        self.last_used = Instant::now();
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        let tail = self.stop.finish();
+        if let Some(tx) = &self.tx {
+            if !tail.is_empty() && reason != FinishReason::Stop {
+                let _ = tx.try_send(GenEvent::Text(tail));
+            }
+            let now = Instant::now();
+            let _ = tx.try_send(GenEvent::Done {
+                finish_reason: reason,
+                usage: Usage {
+                    prompt_tokens: self.prompt.len(),
+                    completion_tokens: self.n_gen,
+                    cached_tokens: self.cache_hit,
+                },
+                ttft_ms: self.first_token.map(|t| (t - self.started).as_secs_f64() * 1e3).unwrap_or(0.0),
+                total_ms: (now - self.started).as_secs_f64() * 1e3,
+            });
+        }
+        self.release();
+    }
+}
+
+fn lcp(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+pub(crate) struct RunnerConfig {
+    pub n_ctx: u32,
+    pub parallel: usize,
+    pub n_batch: u32,
+    pub n_threads: i32,
+}
+
+/// Run the generation loop until the command channel closes.
+pub(crate) fn run_generation(
+    model: Arc<LlamaModel>,
+    backend: &'static llama_cpp_2::llama_backend::LlamaBackend,
+    cfg: RunnerConfig,
+    rx: Receiver<Cmd>,
+    ready: std::sync::mpsc::Sender<Result<u32, String>>,
+) {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(cfg.n_ctx))
+        .with_n_batch(cfg.n_batch)
+        .with_n_ubatch(cfg.n_batch.min(512))
+        .with_n_seq_max(cfg.parallel as u32)
+        .with_kv_unified(true)
+        .with_n_threads(cfg.n_threads)
+        .with_n_threads_batch(cfg.n_threads);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let n_ctx = ctx.n_ctx();
+    let _ = ready.send(Ok(n_ctx));
+    let n_batch = cfg.n_batch as usize;
+    let mut batch = LlamaBatch::new(n_batch.max(cfg.parallel), 1);
+    let mut slots: Vec<Slot> = (0..cfg.parallel as i32).map(Slot::new).collect();
+    let mut pending: VecDeque<GenJob> = VecDeque::new();
+    let vocab = model.vocab();
+
+    loop {
+        let busy = slots.iter().any(|s| s.phase != Phase::Idle);
+        // Block only when there is nothing to do.
+        if !busy && pending.is_empty() {
+            match rx.recv() {
+                Ok(cmd) => handle_cmd(cmd, &mut pending, &mut ctx, &model),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => handle_cmd(cmd, &mut pending, &mut ctx, &model),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if slots.iter().all(|s| s.phase == Phase::Idle) && pending.is_empty() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+
+        // Cancellation: a closed receiver means the client went away.
+        for s in slots.iter_mut().filter(|s| s.phase != Phase::Idle) {
+            if s.tx.as_ref().is_none_or(|t| t.is_closed()) {
+                tracing::debug!(slot = s.id, "client gone; slot released");
+                s.release();
+            }
+        }
+        pending.retain(|j| !j.events.is_closed());
+
+        // Admission.
+        while let Some(job) = pending.pop_front() {
+            let free: Vec<usize> =
+                slots.iter().enumerate().filter(|(_, s)| s.phase == Phase::Idle).map(|(i, _)| i).collect();
+            if free.is_empty() {
+                pending.push_front(job);
+                break;
+            }
+            let best = free
+                .iter()
+                .copied()
+                .max_by_key(|&i| (lcp(&slots[i].cached, &job.prompt), std::cmp::Reverse(slots[i].last_used)))
+                .unwrap_or(free[0]);
+            let best = if lcp(&slots[best].cached, &job.prompt) == 0 {
+                free.iter().copied().min_by_key(|&i| slots[i].last_used).unwrap_or(best)
+            } else {
+                best
+            };
+            admit(&mut slots[best], job, &mut ctx, &model, n_ctx as usize);
+        }
+
+        // Build the batch: one token per generating slot, then prompt chunks.
+        batch.clear();
+        let mut ok = true;
+        for s in slots.iter_mut().filter(|s| s.phase == Phase::Generating) {
+            s.i_batch = Some(batch.n_tokens());
+            ok &= batch.add(s.last, s.cached.len() as i32, &[s.id], true).is_ok();
+            s.cached.push(s.last);
+        }
+        for s in slots.iter_mut().filter(|s| s.phase == Phase::Prompt) {
+            while s.n_past < s.prompt.len() && (batch.n_tokens() as usize) < n_batch {
+                let last = s.n_past + 1 == s.prompt.len();
+                ok &= batch.add(s.prompt[s.n_past], s.n_past as i32, &[s.id], last).is_ok();
+                s.cached.push(s.prompt[s.n_past]);
+                s.n_past += 1;
+                if last {
+                    s.i_batch = Some(batch.n_tokens() - 1);
+                }
+            }
+        }
+        if batch.n_tokens() == 0 {
+            continue;
+        }
+        if !ok {
+            fail_all(&mut slots, &mut ctx, "internal error: batch overflow");
+            continue;
+        }
+        if let Err(e) = ctx.decode(&mut batch) {
+            tracing::error!(error = %e, "llama_decode failed; failing the active requests");
+            fail_all(&mut slots, &mut ctx, "inference failed in the engine; see the server log");
+            continue;
+        }
+
+        // Sample.
+        for s in slots.iter_mut() {
+            let Some(i) = s.i_batch.take() else { continue };
+            let Some(sampler) = s.sampler.as_mut() else { continue };
+            // `sample` also accepts the token into the chain (grammar, penalties): never again.
+            let tok = sampler.sample(&ctx, i);
+            if s.phase == Phase::Prompt {
+                s.phase = Phase::Generating;
+            }
+            s.first_token.get_or_insert_with(Instant::now);
+            s.last = tok;
+            if vocab.is_eog(tok) {
+                s.finish(FinishReason::Stop);
+                continue;
+            }
+            s.n_gen += 1;
+            let piece = vocab.token_to_piece(tok, false, None);
+            let text = take_utf8(&mut s.utf8, &piece);
+            let (out, stopped) = match s.stop.push(&text) {
+                StopOutcome::Continue(t) => (t, false),
+                StopOutcome::Stopped(t) => (t, true),
+            };
+            if !out.is_empty() {
+                if let Some(tx) = &s.tx {
+                    if tx.try_send(GenEvent::Text(out)).is_err() {
+                        // Closed (client left) or a client that reads nothing for 1024 pieces.
+                        s.release();
+                        continue;
+                    }
+                }
+            }
+            if stopped {
+                s.finish(FinishReason::Stop);
+            } else if s.n_gen >= s.max_new || s.cached.len() + 1 >= n_ctx as usize {
+                s.finish(FinishReason::Length);
+            }
+        }
+    }
+}
+
+fn handle_cmd(cmd: Cmd, pending: &mut VecDeque<GenJob>, ctx: &mut LlamaContext<'_>, model: &LlamaModel) {
+    match cmd {
+        Cmd::Generate(job) => pending.push_back(job),
+        Cmd::Embed(job) => {
+            let _ = job
+                .reply
+                .send(Err(crate::EngineError::NotEmbedding(model.meta_val_str("general.name").unwrap_or_default())));
+            let _ = ctx;
+        }
+    }
+}
+
+fn admit(s: &mut Slot, job: GenJob, ctx: &mut LlamaContext<'_>, model: &LlamaModel, n_ctx: usize) {
+    if job.prompt.is_empty() || job.prompt.len() >= n_ctx {
+        let _ = job.events.try_send(GenEvent::Error(format!(
+            "the prompt has {} tokens; this model's context holds {} (including the reply)",
+            job.prompt.len(),
+            n_ctx
+        )));
+        return;
+    }
+    let mut n_past = lcp(&s.cached, &job.prompt);
+    if n_past == job.prompt.len() {
+        // At least one token must be decoded to get logits.
+        n_past -= 1;
+    }
+    if ctx.clear_kv_cache_seq(Some(s.id as u32), Some(n_past as u32), None).is_err() {
+        n_past = 0;
+        let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), None, None);
+    }
+    s.cached.truncate(n_past);
+    let sampler = match build_sampler(model, &job.params, &job.prompt) {
+        Ok(smp) => smp,
+        Err(e) => {
+            let _ = job.events.try_send(GenEvent::Error(e.to_string()));
+            return;
+        }
+    };
+    s.cache_hit = n_past;
+    s.n_past = n_past;
+    s.prompt = job.prompt;
+    s.sampler = Some(sampler);
+    s.phase = Phase::Prompt;
+    s.n_gen = 0;
+    s.max_new = job.max_tokens.max(1);
+    s.utf8.clear();
+    s.stop = StopFilter::new(job.stop);
+    s.tx = Some(job.events);
+    s.started = job.queued_at;
+    s.first_token = None;
+    s.last_used = Instant::now();
+}
+
+fn fail_all(slots: &mut [Slot], ctx: &mut LlamaContext<'_>, msg: &str) {
+    for s in slots.iter_mut().filter(|s| s.phase != Phase::Idle) {
+        if let Some(tx) = &s.tx {
+            let _ = tx.try_send(GenEvent::Error(msg.to_owned()));
+        }
+        let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), None, None);
+        s.cached.clear();
+        s.release();
+    }
+}
+
+/// Run the embedding loop: each job's inputs are decoded together (one sequence each) and
+/// pooled by the model's pooling type; vectors are L2-normalised.
+pub(crate) fn run_embeddings(
+    model: Arc<LlamaModel>,
+    backend: &'static llama_cpp_2::llama_backend::LlamaBackend,
+    cfg: RunnerConfig,
+    rx: Receiver<Cmd>,
+    ready: std::sync::mpsc::Sender<Result<u32, String>>,
+) {
+    let n_seq = 64u32;
+    let n_ctx_train = model.n_ctx_train().max(1);
+    let n_batch = cfg.n_batch.max(n_ctx_train);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_batch))
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_seq_max(n_seq)
+        .with_kv_unified(true)
+        .with_embeddings(true)
+        .with_n_threads(cfg.n_threads)
+        .with_n_threads_batch(cfg.n_threads);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(n_ctx_train));
+    let mut batch = LlamaBatch::new(n_batch as usize, 1);
+    while let Ok(cmd) = rx.recv() {
+        let job = match cmd {
+            Cmd::Embed(j) => j,
+            Cmd::Generate(j) => {
+                let _ = j.events.try_send(GenEvent::Error("this is an embedding model; use /v1/embeddings".into()));
+                continue;
+            }
+        };
+        let result =
+            embed_all(&mut ctx, &mut batch, &job.inputs, n_batch as usize, n_seq as usize, n_ctx_train as usize);
+        let _ = job.reply.send(result);
+    }
+}
+
+fn embed_all(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    inputs: &[Vec<LlamaToken>],
+    n_batch: usize,
+    n_seq: usize,
+    n_ctx_train: usize,
+) -> Result<Vec<Vec<f32>>, crate::EngineError> {
+    if let Some((i, t)) = inputs.iter().enumerate().find(|(_, t)| t.len() > n_ctx_train || t.is_empty()) {
+        return Err(crate::EngineError::ContextOverflow { index: i, tokens: t.len(), limit: n_ctx_train });
+    }
+    let mut out = Vec::with_capacity(inputs.len());
+    let mut start = 0;
+    while start < inputs.len() {
+        // As many inputs as fit in one decode.
+        let mut end = start;
+        let mut total = 0;
+        while end < inputs.len() && end - start < n_seq && total + inputs[end].len() <= n_batch {
+            total += inputs[end].len();
+            end += 1;
+        }
+        ctx.clear_kv_cache();
+        batch.clear();
+        for (seq, toks) in inputs[start..end].iter().enumerate() {
+            for (pos, t) in toks.iter().enumerate() {
+                batch
+                    .add(*t, pos as i32, &[seq as i32], true)
+                    .map_err(|e| crate::EngineError::Internal(e.to_string()))?;
+            }
+        }
+        ctx.decode(batch).map_err(|e| crate::EngineError::Internal(e.to_string()))?;
+        for seq in 0..(end - start) {
+            let v = ctx.embeddings_seq_ith(seq as i32).map_err(|e| crate::EngineError::Internal(e.to_string()))?;
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            out.push(v.iter().map(|x| x / norm).collect());
+        }
+        start = end;
+    }
+    Ok(out)
+}
