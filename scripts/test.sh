@@ -13,4 +13,6 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the official openai Python client against the real binary"
+bash scripts/openai-test.sh
 echo "== all checks passed in $(( $(date +%s) - start ))s"

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{AuditCmd, ClientArgs, KeyCmd, UserCmd};
+use crate::{AuditCmd, ClientArgs, KeyCmd, ModelCmd, UserCmd};
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -294,6 +294,103 @@ pub(crate) async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 out.display(),
                 mpath.display()
             );
+        }
+    }
+    Ok(())
+}
+
+fn human_size(n: i64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.1} GB", n / 1e9)
+    } else {
+        format!("{:.0} MB", n / 1e6)
+    }
+}
+
+pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
+    match cmd {
+        ModelCmd::Import { path, name, c } => {
+            let cl = Client::new(&c)?;
+            let abs = std::fs::canonicalize(&path).with_context(|| format!("{} does not exist", path.display()))?;
+            let v = cl.call(Method::POST, "/api/v1/models", Some(json!({"path": abs, "name": name}))).await?;
+            cl.print(&v, |v| {
+                println!(
+                    "imported {} ({}, {}, {}) sha256 {}",
+                    s(&v["id"]),
+                    s(&v["info"]["architecture"]),
+                    s(&v["info"]["quantization"]),
+                    human_size(v["size"].as_i64().unwrap_or(0)),
+                    s(&v["sha256"])
+                )
+            });
+        }
+        ModelCmd::List { c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, "/api/v1/models", None).await?;
+            cl.print(&v, |v| {
+                let mut rows = vec![vec![
+                    "NAME".into(),
+                    "ARCH".into(),
+                    "QUANT".into(),
+                    "SIZE".into(),
+                    "CONTEXT".into(),
+                    "LOADED".into(),
+                ]];
+                for m in v["data"].as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        s(&m["id"]),
+                        s(&m["info"]["architecture"]),
+                        s(&m["info"]["quantization"]),
+                        human_size(m["size"].as_i64().unwrap_or(0)),
+                        s(&m["info"]["context_length"]),
+                        if m["loaded"] == true { "yes".into() } else { "-".into() },
+                    ]);
+                }
+                table(&rows);
+            });
+        }
+        ModelCmd::Show { name, c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, &format!("/api/v1/models/{name}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ModelCmd::Rm { name, force, c } => {
+            let cl = Client::new(&c)?;
+            let q = if force { "?force=true" } else { "" };
+            cl.call(Method::DELETE, &format!("/api/v1/models/{name}{q}"), None).await?;
+            println!("removed {name}");
+        }
+        ModelCmd::Load { name, c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::POST, &format!("/api/v1/models/{name}/load"), Some(json!({}))).await?;
+            cl.print(&v, |v| {
+                println!("loaded {} (context {}, {} slots)", s(&v["name"]), s(&v["n_ctx"]), s(&v["parallel"]))
+            });
+        }
+        ModelCmd::Unload { name, c } => {
+            let cl = Client::new(&c)?;
+            cl.call(Method::POST, &format!("/api/v1/models/{name}/unload"), Some(json!({}))).await?;
+            println!("unloaded {name}");
+        }
+        ModelCmd::Ps { c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, "/api/v1/models/running", None).await?;
+            cl.print(&v, |v| {
+                let mut rows =
+                    vec![vec!["NAME".into(), "ARCH".into(), "CONTEXT".into(), "SLOTS".into(), "KIND".into()]];
+                for m in v["data"].as_array().into_iter().flatten() {
+                    let kind = if m["embedding"] == true { "embedding" } else { "chat" };
+                    rows.push(vec![
+                        s(&m["name"]),
+                        s(&m["architecture"]),
+                        s(&m["n_ctx"]),
+                        s(&m["parallel"]),
+                        kind.into(),
+                    ]);
+                }
+                table(&rows);
+            });
         }
     }
     Ok(())

@@ -40,6 +40,9 @@ enum Command {
     /// Verify and export the audit chain.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Manage the model registry and loaded models.
+    #[command(subcommand)]
+    Model(ModelCmd),
     /// Offline recovery commands that work with the server stopped.
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -228,6 +231,61 @@ enum AuditCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum ModelCmd {
+    /// Import a GGUF file on the server's machine into the registry (copied and hashed).
+    Import {
+        /// Path to the .gguf file (as the server sees it; made absolute here).
+        path: PathBuf,
+        /// name[:tag] (default: the file name, tag latest).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List registry models.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Show one model's GGUF details.
+    Show {
+        /// name[:tag].
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Remove a model (its blob goes when no tag points to it).
+    Rm {
+        /// name[:tag].
+        name: String,
+        /// Unload it first if it is loaded.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Load a model into memory now.
+    Load {
+        /// name[:tag].
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Unload a model.
+    Unload {
+        /// name[:tag].
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Models loaded now.
+    Ps {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum AdminCmd {
     /// Reset a user's password with the server stopped (lockout recovery). Prints a temporary
     /// password that must be changed at next login; re-enables the account. Audited.
@@ -262,6 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve(a).await,
         Command::User(cmd) => client::user(cmd).await,
         Command::Key(cmd) => client::key(cmd).await,
+        Command::Model(cmd) => client::model(cmd).await,
         // The offline commands block on SQLite and the store's writer: off the async threads.
         Command::Audit(AuditCmd::Verify { offline: true, c, .. }) => {
             blocking(move || offline::verify(&c.cfg, c.json)).await
