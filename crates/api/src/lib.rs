@@ -339,11 +339,10 @@ pub async fn serve(
     let reaper = {
         let st = state.clone();
         tokio::spawn(async move {
-            let idle = Duration::from_secs(st.config().engine.keep_alive_secs);
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                for name in st.engine().unload_idle(idle) {
+                for name in st.engine().unload_expired() {
                     tracing::info!(model = %name, "unloaded after keep_alive");
                 }
             }

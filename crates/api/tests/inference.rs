@@ -34,10 +34,14 @@ const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const MINILM: &str = "all-MiniLM-L6-v2.F32.gguf";
 
 async fn server(parallel: usize) -> (Server, String) {
+    server_with(|c| c.engine.parallel = parallel).await
+}
+
+async fn server_with(tweak: impl FnOnce(&mut maasbox_api::Config)) -> (Server, String) {
     let srv = Server::start_with(|c| {
         c.engine.threads = 2;
-        c.engine.parallel = parallel;
         c.engine.context_size = 2048;
+        tweak(c);
     })
     .await;
     let admin = srv.setup().await;
@@ -332,4 +336,119 @@ async fn registry_rejects_bad_files_and_guards_loaded_models() {
     let actions: Vec<String> =
         srv.events(&admin, "model.").await.iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
     assert_eq!(actions, vec!["model.delete", "model.load", "model.import"]);
+}
+
+async fn running(srv: &Server, tok: &str) -> Vec<Value> {
+    let (s, v) = srv.get("/api/v1/models/running", tok).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["data"].as_array().unwrap().clone()
+}
+
+fn names(models: &[Value]) -> Vec<&str> {
+    models.iter().map(|m| m["name"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pin_and_eviction() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (srv, admin) = server_with(|c| {
+        c.engine.parallel = 1;
+        c.engine.max_loaded_models = 1;
+    })
+    .await;
+    let (s, v) = srv.post("/api/v1/models", &admin, json!({"path": model_file(MINILM), "name": "minilm"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let embed = |keep: Value| json!({"model": "minilm", "input": "a man is eating food", "keep_alive": keep});
+
+    // A bad keep_alive is refused before anything is loaded.
+    let (s, v) = srv.post("/v1/embeddings", &admin, embed(json!("5 parsecs"))).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("keep_alive")), "{v}");
+    assert!(running(&srv, &admin).await.is_empty());
+
+    // Pinned: the one loaded model cannot be evicted, so another model cannot load.
+    let (s, v) = srv.post("/api/v1/models/smollm2:135m/load", &admin, json!({"pin": true, "keep_alive": "10m"})).await;
+    assert_eq!((s, v["pinned"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    assert_eq!(v["expires_in_secs"], Value::Null, "a pinned model does not expire");
+    let (s, v) = srv.post("/v1/embeddings", &admin, embed(json!(300))).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("pinned or busy"), "{v}");
+
+    // Unpinned, it shows its keep-alive countdown and is evicted for the embedding model.
+    let (_, v) = srv.post("/api/v1/models/smollm2:135m/load", &admin, json!({"pin": false})).await;
+    let left = v["expires_in_secs"].as_u64().unwrap();
+    assert!((590..=600).contains(&left), "{v}");
+    let (s, v) = srv.post("/v1/embeddings", &admin, embed(json!("-1"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let now = running(&srv, &admin).await;
+    assert_eq!(names(&now), vec!["minilm:latest"]);
+    assert_eq!((now[0]["expires_in_secs"].clone(), now[0]["pinned"].clone()), (Value::Null, json!(false)));
+
+    // keep_alive 0: unloaded by the reaper (1 s tick) as soon as the request is over.
+    let (s, _) = srv.post("/v1/embeddings", &admin, embed(json!(0))).await;
+    assert_eq!(s, StatusCode::OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !running(&srv, &admin).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "keep_alive 0 did not unload the model");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, v) = srv.post("/api/v1/models/minilm/load", &admin, json!({"keep_alive": true})).await;
+    assert_eq!(v["error"]["param"], "keep_alive", "{v}");
+}
+
+/// SmolLM2 never ends a turn when its end tokens are banned: lengths are exact.
+fn endless(content: &str, max_tokens: u32) -> Value {
+    let mut b = q(content, max_tokens);
+    b["logit_bias"] = json!({"0": -100, "1": -100, "2": -100});
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_context_drops_idle_caches_then_ends_the_youngest_request() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (srv, admin) = server_with(|c| {
+        c.engine.parallel = 4;
+        c.engine.context_size = 512;
+    })
+    .await;
+    let long =
+        |n: usize, reps: usize| format!("Story {n}. {}", "The quick brown fox jumps over the lazy dog. ".repeat(reps));
+    // Three at once fill three slots; their prefix caches stay behind when they finish.
+    let futs: Vec<_> = (0..3).map(|n| chat(&srv, &admin, endless(&long(n, 10), 30))).collect();
+    let mut cached = 0;
+    for (s, v) in futures::future::join_all(futs).await {
+        assert_eq!(s, StatusCode::OK, "{v}");
+        cached += v["usage"]["total_tokens"].as_u64().unwrap();
+    }
+    assert!(cached < 512, "the three fit together ({cached} tokens)");
+    // The next one reuses one slot and needs more room than the other two slots' caches leave:
+    // it is served only because an idle slot's cache is dropped.
+    let (s, v) = chat(&srv, &admin, endless(&long(7, 20), 50)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let need = v["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(need + cached * 2 / 3 > 512, "the test must overflow without purging ({need} + {cached}·2/3)");
+    assert_eq!(v["usage"]["completion_tokens"], 50);
+    // Four at once need ~4 × 380 tokens: the oldest finish, the youngest give way with 503.
+    let futs: Vec<_> = (10..14).map(|n| chat(&srv, &admin, endless(&long(n, 12), 250))).collect();
+    let results = futures::future::join_all(futs).await;
+    let mut served = 0;
+    let mut refused = 0;
+    for (s, v) in &results {
+        match *s {
+            StatusCode::OK => {
+                assert_eq!(v["usage"]["completion_tokens"], 250, "{v}");
+                served += 1;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(v["error"]["message"].as_str().unwrap().contains("is full"), "{v}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(served >= 1 && refused >= 1, "served {served}, refused {refused}");
+    // The engine is healthy afterwards.
+    let (s, v) = chat(&srv, &admin, endless(&long(99, 12), 20)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let fails = srv.events(&admin, "inference.chat").await;
+    assert_eq!(fails.iter().filter(|e| e["outcome"] == "failure").count(), refused, "each refusal is audited");
 }

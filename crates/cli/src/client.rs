@@ -361,11 +361,20 @@ pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             cl.call(Method::DELETE, &format!("/api/v1/models/{name}{q}"), None).await?;
             println!("removed {name}");
         }
-        ModelCmd::Load { name, c } => {
+        ModelCmd::Load { name, keep_alive, pin, unpin, c } => {
             let cl = Client::new(&c)?;
-            let v = cl.call(Method::POST, &format!("/api/v1/models/{name}/load"), Some(json!({}))).await?;
+            let mut body = json!({});
+            if let Some(k) = keep_alive {
+                // A bare number is seconds, as in the API.
+                body["keep_alive"] = k.parse::<f64>().map_or_else(|_| json!(k), |n| json!(n));
+            }
+            if pin || unpin {
+                body["pin"] = json!(pin);
+            }
+            let v = cl.call(Method::POST, &format!("/api/v1/models/{name}/load"), Some(body)).await?;
             cl.print(&v, |v| {
-                println!("loaded {} (context {}, {} slots)", s(&v["name"]), s(&v["n_ctx"]), s(&v["parallel"]))
+                let pinned = if v["pinned"] == true { ", pinned" } else { "" };
+                println!("loaded {} (context {}, {} slots{pinned})", s(&v["name"]), s(&v["n_ctx"]), s(&v["parallel"]))
             });
         }
         ModelCmd::Unload { name, c } => {
@@ -378,15 +387,26 @@ pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             let v = cl.call(Method::GET, "/api/v1/models/running", None).await?;
             cl.print(&v, |v| {
                 let mut rows =
-                    vec![vec!["NAME".into(), "ARCH".into(), "CONTEXT".into(), "SLOTS".into(), "KIND".into()]];
+                    vec![["NAME", "ARCH", "CONTEXT", "SLOTS", "KIND", "ACTIVE", "UNTIL"].map(String::from).to_vec()];
                 for m in v["data"].as_array().into_iter().flatten() {
                     let kind = if m["embedding"] == true { "embedding" } else { "chat" };
+                    let until = if m["pinned"] == true {
+                        "pinned".to_owned()
+                    } else if let Some(secs) = m["expires_in_secs"].as_u64() {
+                        format!("{secs}s idle left")
+                    } else if m["active_requests"].as_u64().unwrap_or(0) > 0 {
+                        "busy".to_owned()
+                    } else {
+                        "forever".to_owned()
+                    };
                     rows.push(vec![
                         s(&m["name"]),
                         s(&m["architecture"]),
                         s(&m["n_ctx"]),
                         s(&m["parallel"]),
                         kind.into(),
+                        s(&m["active_requests"]),
+                        until,
                     ]);
                 }
                 table(&rows);

@@ -268,6 +268,15 @@ enum ModelCmd {
     Load {
         /// name[:tag].
         name: String,
+        /// Stay loaded this long after the last request: seconds or 30s/10m/2h; -1 = always.
+        #[arg(long, allow_hyphen_values = true)]
+        keep_alive: Option<String>,
+        /// Pin: never unloaded for idleness nor evicted to make room.
+        #[arg(long, conflicts_with = "unpin")]
+        pin: bool,
+        /// Remove a pin.
+        #[arg(long)]
+        unpin: bool,
         #[command(flatten)]
         c: ClientArgs,
     },

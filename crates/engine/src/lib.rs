@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -143,6 +144,8 @@ pub enum GenEvent {
     },
     /// Failed.
     Error(String),
+    /// Ended early because the engine ran out of room for it (the caller may retry).
+    Overloaded(String),
 }
 
 /// A generation request, as the engine thread receives it.
@@ -153,6 +156,44 @@ pub struct GenJob {
     stop: Vec<String>,
     events: mpsc::Sender<GenEvent>,
     queued_at: Instant,
+    /// Counts the request as active until the engine is done with it.
+    active: ActiveGuard,
+}
+
+/// Held while a request is queued or running: a model with active requests is never unloaded
+/// for idleness or evicted, and its idle time starts when the last request ends.
+pub(crate) struct ActiveGuard(Arc<UseCounter>);
+
+/// Shared use counters of a loaded model.
+#[derive(Default)]
+pub(crate) struct UseCounter {
+    active: AtomicUsize,
+    last_used: Mutex<Option<Instant>>,
+}
+
+impl ActiveGuard {
+    fn new(u: &Arc<UseCounter>) -> Self {
+        u.active.fetch_add(1, Ordering::SeqCst);
+        *u.last_used.lock() = Some(Instant::now());
+        Self(u.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        *self.0.last_used.lock() = Some(Instant::now());
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a model stays loaded after its last request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepAlive {
+    /// Unload after this much idle time (zero: as soon as it is idle).
+    For(Duration),
+    /// Never unload for idleness (LRU eviction may still unload it unless pinned).
+    Forever,
 }
 
 pub(crate) struct EmbedJob {
@@ -204,7 +245,25 @@ pub struct LoadedModel {
     model: Arc<LlamaModel>,
     tx: crossbeam_channel::Sender<runner::Cmd>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    last_used: Mutex<Instant>,
+    use_: Arc<UseCounter>,
+    keep_alive: Mutex<KeepAlive>,
+    pinned: AtomicBool,
+}
+
+/// A loaded model as `ps` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunningModel {
+    /// What was loaded.
+    #[serde(flatten)]
+    pub info: ModelInfo,
+    /// Requests queued or running.
+    pub active_requests: usize,
+    /// Exempt from idle unloading and from LRU eviction.
+    pub pinned: bool,
+    /// Seconds since the last request ended (0 while busy).
+    pub idle_secs: u64,
+    /// Seconds until it is unloaded for idleness; `None`: not while pinned, busy or kept forever.
+    pub expires_in_secs: Option<u64>,
 }
 
 impl LoadedModel {
@@ -251,7 +310,6 @@ impl LoadedModel {
                 limit: self.info.n_ctx as usize,
             });
         }
-        *self.last_used.lock() = Instant::now();
         let (tx, rx) = mpsc::channel(1024);
         let job = GenJob {
             prompt: prompt.into_iter().map(LlamaToken).collect(),
@@ -260,6 +318,7 @@ impl LoadedModel {
             stop,
             events: tx,
             queued_at: Instant::now(),
+            active: ActiveGuard::new(&self.use_),
         };
         self.tx.send(runner::Cmd::Generate(job)).map_err(|_| EngineError::Unloaded)?;
         Ok(rx)
@@ -270,7 +329,7 @@ impl LoadedModel {
         if !self.info.embedding {
             return Err(EngineError::NotEmbedding(self.info.name.clone()));
         }
-        *self.last_used.lock() = Instant::now();
+        let _active = ActiveGuard::new(&self.use_);
         let vocab = self.model.vocab();
         let inputs: Vec<Vec<LlamaToken>> = texts.iter().map(|t| vocab.tokenize(t.as_bytes(), true, false)).collect();
         let n_tokens = inputs.iter().map(Vec::len).sum();
@@ -280,20 +339,67 @@ impl LoadedModel {
         Ok((v, n_tokens))
     }
 
-    /// When this model last served a request.
+    /// When this model last started or finished a request (its load time before any).
     pub fn last_used(&self) -> Instant {
-        *self.last_used.lock()
+        self.use_.last_used.lock().unwrap_or_else(Instant::now)
+    }
+
+    /// Requests queued or running.
+    pub fn active_requests(&self) -> usize {
+        self.use_.active.load(Ordering::SeqCst)
+    }
+
+    /// Set how long the model stays loaded after its last request (a request's `keep_alive`).
+    pub fn set_keep_alive(&self, k: KeepAlive) {
+        *self.keep_alive.lock() = k;
+    }
+
+    /// The current keep-alive.
+    pub fn keep_alive(&self) -> KeepAlive {
+        *self.keep_alive.lock()
+    }
+
+    /// Pin (or unpin): a pinned model is never unloaded for idleness nor evicted.
+    pub fn set_pinned(&self, pinned: bool) {
+        self.pinned.store(pinned, Ordering::SeqCst);
+    }
+
+    /// Whether the model is pinned.
+    pub fn pinned(&self) -> bool {
+        self.pinned.load(Ordering::SeqCst)
+    }
+
+    /// Time left before it is unloaded for idleness; `None` while pinned, busy or kept forever.
+    fn expires_in(&self, now: Instant) -> Option<Duration> {
+        if self.pinned() || self.active_requests() > 0 {
+            return None;
+        }
+        match self.keep_alive() {
+            KeepAlive::Forever => None,
+            KeepAlive::For(d) => Some(d.saturating_sub(now.saturating_duration_since(self.last_used()))),
+        }
+    }
+
+    fn running(&self, now: Instant) -> RunningModel {
+        let active = self.active_requests();
+        RunningModel {
+            info: self.info.clone(),
+            active_requests: active,
+            pinned: self.pinned(),
+            idle_secs: if active > 0 { 0 } else { now.saturating_duration_since(self.last_used()).as_secs() },
+            expires_in_secs: self.expires_in(now).map(|d| d.as_secs()),
+        }
     }
 }
 
 impl Drop for LoadedModel {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after its current step.
+        // Closing the channel ends the thread once its running requests finish; the thread
+        // holds its own reference to the weights, so nothing waits for it here (a drop on an
+        // async worker must not block).
         let (dead, _) = crossbeam_channel::bounded(0);
         let _ = std::mem::replace(&mut self.tx, dead);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
-        }
+        drop(self.thread.lock().take());
     }
 }
 
@@ -303,7 +409,7 @@ pub struct EngineStatus {
     /// Backend this build was compiled with.
     pub backend: &'static str,
     /// Loaded models.
-    pub loaded_models: Vec<ModelInfo>,
+    pub loaded_models: Vec<RunningModel>,
     /// Whether this build can run inference.
     pub inference_available: bool,
 }
@@ -350,8 +456,9 @@ impl EngineHandle {
 
     /// Current status.
     pub fn status(&self) -> EngineStatus {
-        let mut loaded: Vec<ModelInfo> = self.models.lock().values().map(|m| m.info.clone()).collect();
-        loaded.sort_by(|a, b| a.name.cmp(&b.name));
+        let now = Instant::now();
+        let mut loaded: Vec<RunningModel> = self.models.lock().values().map(|m| m.running(now)).collect();
+        loaded.sort_by(|a, b| a.info.name.cmp(&b.info.name));
         EngineStatus { backend: BACKEND_NAME, loaded_models: loaded, inference_available: true }
     }
 
@@ -360,19 +467,30 @@ impl EngineHandle {
         self.models.lock().get(name).cloned()
     }
 
-    /// The loaded model that has waited longest since its last request.
-    pub fn least_recently_used(&self) -> Option<String> {
-        self.models.lock().values().min_by_key(|m| m.last_used()).map(|m| m.info.name.clone())
+    /// Number of loaded models.
+    pub fn loaded_count(&self) -> usize {
+        self.models.lock().len()
     }
 
-    /// Unload every model idle for longer than `idle`; returns their names.
-    pub fn unload_idle(&self, idle: std::time::Duration) -> Vec<String> {
+    /// Unload the idle, unpinned model that has waited longest since its last request; returns
+    /// its name, or `None` when every loaded model is pinned or busy.
+    pub fn evict_least_recently_used(&self) -> Option<String> {
         let mut g = self.models.lock();
-        let victims: Vec<String> = g
+        let victim = g
             .values()
-            .filter(|m| m.last_used().elapsed() > idle && Arc::strong_count(m) == 1)
-            .map(|m| m.info.name.clone())
-            .collect();
+            .filter(|m| !m.pinned() && m.active_requests() == 0)
+            .min_by_key(|m| m.last_used())
+            .map(|m| m.info.name.clone())?;
+        g.remove(&victim);
+        Some(victim)
+    }
+
+    /// Unload every model whose keep-alive has run out; returns their names.
+    pub fn unload_expired(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut g = self.models.lock();
+        let victims: Vec<String> =
+            g.values().filter(|m| m.expires_in(now) == Some(Duration::ZERO)).map(|m| m.info.name.clone()).collect();
         for v in &victims {
             g.remove(v);
         }
@@ -385,8 +503,8 @@ impl EngineHandle {
     }
 
     /// Load `spec` (blocking: reads the file and starts the thread). Loading an already-loaded
-    /// name returns the loaded model.
-    pub fn load(&self, spec: &ModelSpec) -> Result<Arc<LoadedModel>, EngineError> {
+    /// name returns the loaded model. It stays loaded `keep_alive` after its last request.
+    pub fn load(&self, spec: &ModelSpec, keep_alive: KeepAlive) -> Result<Arc<LoadedModel>, EngineError> {
         if let Some(m) = self.get(&spec.name) {
             return Ok(m);
         }
@@ -441,7 +559,9 @@ impl EngineHandle {
             model,
             tx,
             thread: Mutex::new(Some(thread)),
-            last_used: Mutex::new(Instant::now()),
+            use_: Arc::new(UseCounter { active: AtomicUsize::new(0), last_used: Mutex::new(Some(Instant::now())) }),
+            keep_alive: Mutex::new(keep_alive),
+            pinned: AtomicBool::new(false),
         });
         self.models.lock().insert(spec.name.clone(), loaded.clone());
         Ok(loaded)

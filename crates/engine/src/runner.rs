@@ -19,11 +19,12 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
 use tokio::sync::mpsc;
 
 use crate::sampling::build_sampler;
 use crate::text::{take_utf8, StopFilter, StopOutcome};
-use crate::{EmbedJob, FinishReason, GenEvent, GenJob, Usage};
+use crate::{ActiveGuard, EmbedJob, FinishReason, GenEvent, GenJob, Usage};
 
 pub(crate) enum Cmd {
     Generate(GenJob),
@@ -52,6 +53,8 @@ struct Slot {
     utf8: Vec<u8>,
     stop: StopFilter,
     tx: Option<mpsc::Sender<GenEvent>>,
+    /// The request's hold on the model (released with the slot).
+    active: Option<ActiveGuard>,
     last_used: Instant,
     started: Instant,
     first_token: Option<Instant>,
@@ -74,6 +77,7 @@ impl Slot {
             utf8: Vec::new(),
             stop: StopFilter::default(),
             tx: None,
+            active: None,
             last_used: Instant::now(),
             started: Instant::now(),
             first_token: None,
@@ -84,6 +88,7 @@ impl Slot {
     fn release(&mut self) {
         self.phase = Phase::Idle;
         self.tx = None;
+        self.active = None;
         self.sampler = None;
         self.i_batch = None;
         self.last_used = Instant::now();
@@ -206,6 +211,7 @@ pub(crate) fn run_generation(
         }
 
         // Build the batch: one token per generating slot, then prompt chunks.
+        let marks: Vec<(usize, usize)> = slots.iter().map(|s| (s.cached.len(), s.n_past)).collect();
         batch.clear();
         let mut ok = true;
         for s in slots.iter_mut().filter(|s| s.phase == Phase::Generating) {
@@ -231,10 +237,39 @@ pub(crate) fn run_generation(
             fail_all(&mut slots, &mut ctx, "internal error: batch overflow");
             continue;
         }
-        if let Err(e) = ctx.decode(&mut batch) {
-            tracing::error!(error = %e, "llama_decode failed; failing the active requests");
-            fail_all(&mut slots, &mut ctx, "inference failed in the engine; see the server log");
-            continue;
+        match ctx.decode(&mut batch) {
+            Ok(()) => {}
+            Err(DecodeError::NoKvCacheSlot) => {
+                // The shared KV cache is full. llama.cpp checks room before it writes, so only
+                // this step's bookkeeping is undone; then make room and build the step again.
+                for (s, &(cached, n_past)) in slots.iter_mut().zip(&marks) {
+                    s.cached.truncate(cached);
+                    s.n_past = n_past;
+                    s.i_batch = None;
+                }
+                if !purge_one_idle(&mut slots, &mut ctx) {
+                    // Every cell belongs to a running request: the youngest one gives way.
+                    let n_active = slots.iter().filter(|s| s.phase != Phase::Idle).count();
+                    if let Some(v) = slots.iter_mut().filter(|s| s.phase != Phase::Idle).max_by_key(|s| s.started) {
+                        tracing::warn!(slot = v.id, n_active, "KV cache full; ending the youngest request");
+                        if let Some(tx) = &v.tx {
+                            let _ = tx.try_send(GenEvent::Overloaded(format!(
+                                "the model's context ({n_ctx} tokens shared by {n_active} running requests) is full; \
+                                 retry shortly, or raise engine.context_size"
+                            )));
+                        }
+                        let _ = ctx.clear_kv_cache_seq(Some(v.id as u32), None, None);
+                        v.cached.clear();
+                        v.release();
+                    }
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "llama_decode failed; failing the active requests");
+                fail_all(&mut slots, &mut ctx, "inference failed in the engine; see the server log");
+                continue;
+            }
         }
 
         // Sample.
@@ -325,9 +360,23 @@ fn admit(s: &mut Slot, job: GenJob, ctx: &mut LlamaContext<'_>, model: &LlamaMod
     s.utf8.clear();
     s.stop = StopFilter::new(job.stop);
     s.tx = Some(job.events);
+    s.active = Some(job.active);
     s.started = job.queued_at;
     s.first_token = None;
     s.last_used = Instant::now();
+}
+
+/// Drop the prefix cache of the least recently used idle slot that has one; false if none has.
+fn purge_one_idle(slots: &mut [Slot], ctx: &mut LlamaContext<'_>) -> bool {
+    let Some(s) =
+        slots.iter_mut().filter(|s| s.phase == Phase::Idle && !s.cached.is_empty()).min_by_key(|s| s.last_used)
+    else {
+        return false;
+    };
+    tracing::debug!(slot = s.id, tokens = s.cached.len(), "KV cache full; dropping an idle slot's prefix cache");
+    let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), None, None);
+    s.cached.clear();
+    true
 }
 
 fn fail_all(slots: &mut [Slot], ctx: &mut LlamaContext<'_>, msg: &str) {

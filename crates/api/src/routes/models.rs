@@ -4,10 +4,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use maasbox_engine::{LoadedModel, ModelInfo, ModelSpec};
+use maasbox_engine::{KeepAlive, LoadedModel, ModelInfo, ModelSpec, RunningModel};
 use maasbox_store::{models, WriteOutcome};
 use maasbox_types::{ErrorCode, ModelRecord, Permission};
 use serde::{Deserialize, Serialize};
@@ -61,9 +62,56 @@ pub struct ImportModel {
 /// Models in memory.
 #[derive(Serialize, ToSchema)]
 pub struct RunningList {
-    /// Loaded models.
+    /// Loaded models with their activity, pin and keep-alive countdown.
     #[schema(value_type = Vec<Object>)]
-    pub data: Vec<ModelInfo>,
+    pub data: Vec<RunningModel>,
+}
+
+/// `POST /api/v1/models/{name}/load` (the body is optional).
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    /// How long to stay loaded after the last request: seconds, or `"30s"`, `"10m"`, `"2h"`;
+    /// negative keeps it loaded; 0 unloads it as soon as it is idle.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub keep_alive: Option<serde_json::Value>,
+    /// `true` pins (never unloaded for idleness or evicted), `false` unpins.
+    #[serde(default)]
+    pub pin: Option<bool>,
+}
+
+/// Parse a `keep_alive` value: a number of seconds or a duration string (Ollama's forms).
+pub(crate) fn parse_keep_alive(v: &serde_json::Value) -> ApiResult<KeepAlive> {
+    let bad = || {
+        ApiError::field(
+            "keep_alive",
+            "keep_alive must be seconds (a number) or a duration such as \"30s\", \"10m\", \"2h\"; negative keeps the model loaded",
+        )
+    };
+    let secs: f64 = match v {
+        serde_json::Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            let (num, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+                Some((i, _)) => (&s[..i], &s[i..]),
+                None => (s, "s"),
+            };
+            let n: f64 = num.trim().parse().map_err(|_| bad())?;
+            n * match unit {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            }
+        }
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() {
+        return Err(bad());
+    }
+    Ok(if secs < 0.0 { KeepAlive::Forever } else { KeepAlive::For(std::time::Duration::from_secs_f64(secs.min(1e9))) })
 }
 
 /// `DELETE` options.
@@ -88,8 +136,21 @@ fn resolve(name: &str) -> ApiResult<(String, String)> {
 }
 
 /// Load `name` if needed (blocking work off the async threads), evicting the least recently
-/// used idle model when the configured maximum is reached.
-pub(crate) async fn ensure_loaded(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> {
+/// used idle, unpinned model when the configured maximum is reached. `keep_alive`, when given,
+/// becomes the model's keep-alive until another request sets one.
+pub(crate) async fn ensure_loaded(
+    st: &AppState,
+    model: &str,
+    keep_alive: Option<KeepAlive>,
+) -> ApiResult<Arc<LoadedModel>> {
+    let m = load_or_get(st, model).await?;
+    if let Some(k) = keep_alive {
+        m.set_keep_alive(k);
+    }
+    Ok(m)
+}
+
+async fn load_or_get(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> {
     let (name, tag) = resolve(model)?;
     let id = format!("{name}:{tag}");
     if let Some(m) = st.engine().get(&id) {
@@ -107,11 +168,20 @@ pub(crate) async fn ensure_loaded(st: &AppState, model: &str) -> ApiResult<Arc<L
         e => e.into(),
     })?;
     let cfg = &st.config().engine;
-    let status = st.engine().status();
-    if status.loaded_models.len() >= cfg.max_loaded_models {
-        if let Some(victim) = st.engine().least_recently_used() {
-            tracing::info!(model = %victim, "unloading the least recently used model to make room");
-            st.engine().unload(&victim);
+    while st.engine().loaded_count() >= cfg.max_loaded_models {
+        match st.engine().evict_least_recently_used() {
+            Some(victim) => tracing::info!(model = %victim, "unloaded the least recently used model to make room"),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "cannot load '{id}': all {} loaded models are pinned or busy (engine.max_loaded_models = {}); \
+                         unload one or retry later",
+                        st.engine().loaded_count(),
+                        cfg.max_loaded_models
+                    ),
+                ))
+            }
         }
     }
     let spec = ModelSpec {
@@ -123,7 +193,8 @@ pub(crate) async fn ensure_loaded(st: &AppState, model: &str) -> ApiResult<Arc<L
         n_gpu_layers: cfg.gpu_layers(),
     };
     let engine = st.engine().clone();
-    tokio::task::spawn_blocking(move || engine.load(&spec))
+    let keep = KeepAlive::For(std::time::Duration::from_secs(cfg.keep_alive_secs));
+    tokio::task::spawn_blocking(move || engine.load(&spec, keep))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("could not load model '{id}': {e}")))
@@ -279,21 +350,33 @@ async fn delete_model(
 }
 
 #[utoipa::path(post, path = "/api/v1/models/{name}/load", tag = "models", security(("bearer" = [])), params(("name" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+    request_body(content = Option<LoadRequest>),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 async fn load_model(
     State(st): State<AppState>,
     p: Principal,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<Json<ModelInfo>> {
+    body: Bytes,
+) -> ApiResult<Json<RunningModel>> {
     p.authorize(&st, Permission::ModelsImport, "model.load").await?;
-    let m = ensure_loaded(&st, &name).await?;
+    let req: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LoadRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?
+    };
+    let keep = req.keep_alive.as_ref().map(parse_keep_alive).transpose()?;
+    let m = ensure_loaded(&st, &name, keep).await?;
+    if let Some(pin) = req.pin {
+        m.set_pinned(pin);
+    }
     let ev = p.event(
         "model.load",
         format!("model:{}", m.info().name),
-        json!({"n_ctx": m.info().n_ctx, "parallel": m.info().parallel}),
+        json!({"n_ctx": m.info().n_ctx, "parallel": m.info().parallel, "pinned": m.pinned(), "keep_alive": m.keep_alive()}),
     );
     crate::auth::audit_only(&st, ev).await?;
-    Ok(Json(m.info().clone()))
+    let running = st.engine().status().loaded_models.into_iter().find(|r| r.info.name == m.info().name);
+    running.map(Json).ok_or_else(|| ApiError::new(ErrorCode::Conflict, "the model was unloaded meanwhile"))
 }
 
 #[utoipa::path(post, path = "/api/v1/models/{name}/unload", tag = "models", security(("bearer" = [])), params(("name" = String, Path)),

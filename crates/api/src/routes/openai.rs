@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiResult};
-use crate::routes::models::ensure_loaded;
+use crate::routes::models::{ensure_loaded, parse_keep_alive};
 use crate::state::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -132,6 +132,9 @@ struct Common {
     n: Option<u32>,
     #[serde(default)]
     user: Option<String>,
+    /// Ollama's extension: how long the model stays loaded after this request.
+    #[serde(default)]
+    keep_alive: Option<Value>,
     // Accepted by OpenAI, not supported here: present → 400 naming the field.
     #[serde(default)]
     tools: Option<Value>,
@@ -185,6 +188,8 @@ struct EmbeddingRequest {
     dimensions: Option<u32>,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
 }
 
 fn unsupported(field: &str, why: &str) -> ApiError {
@@ -288,8 +293,15 @@ fn common_params(c: &Common) -> ApiResult<(SamplingParams, Vec<String>, Option<u
 
 /// Check access to `model` and load it. A model the caller may not use is reported as
 /// missing, so names do not leak.
-async fn model_for(st: &AppState, p: &Principal, model: &str, action: &str) -> ApiResult<Arc<LoadedModel>> {
+async fn model_for(
+    st: &AppState,
+    p: &Principal,
+    model: &str,
+    action: &str,
+    keep_alive: Option<&Value>,
+) -> ApiResult<Arc<LoadedModel>> {
     p.authorize(st, Permission::Inference, action).await?;
+    let keep = keep_alive.map(parse_keep_alive).transpose()?;
     let (name, tag) = models::parse_ref(model).map_err(|e| ApiError::field("model", e.to_string()))?;
     let id = format!("{name}:{tag}");
     if !p.may_use_model(&id) {
@@ -297,7 +309,7 @@ async fn model_for(st: &AppState, p: &Principal, model: &str, action: &str) -> A
             ApiError::new(ErrorCode::ModelNotFound, format!("the model '{model}' does not exist")).param("model")
         );
     }
-    ensure_loaded(st, &id).await
+    ensure_loaded(st, &id, keep).await
 }
 
 async fn list_models(State(st): State<AppState>, p: Principal) -> ApiResult<Json<Value>> {
@@ -390,7 +402,7 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<Ch
         };
     }
     let msgs = messages(&req.messages)?;
-    let model = model_for(&st, &p, &req.model, "inference.chat").await?;
+    let model = model_for(&st, &p, &req.model, "inference.chat", req.common.keep_alive.as_ref()).await?;
     let m2 = model.clone();
     let prompt = tokio::task::spawn_blocking(move || m2.tokenize_chat(&msgs))
         .await
@@ -420,7 +432,7 @@ async fn completions(
     if prompts.len() != 1 {
         return Err(unsupported("prompt", "send one prompt per request"));
     }
-    let model = model_for(&st, &p, &req.model, "inference.completion").await?;
+    let model = model_for(&st, &p, &req.model, "inference.completion", req.common.keep_alive.as_ref()).await?;
     let prompt = model.tokenize(&prompts[0]);
     if prompt.is_empty() {
         return Err(ApiError::field("prompt", "prompt must not be empty"));
@@ -467,10 +479,13 @@ fn usage_json(u: &Usage) -> Value {
     })
 }
 
+#[derive(Default)]
 struct Outcome {
     usage: Usage,
     finish: Option<FinishReason>,
     error: Option<String>,
+    /// The engine ended the request for lack of room: 503, retryable.
+    overloaded: bool,
     cancelled: bool,
     ttft_ms: f64,
 }
@@ -500,7 +515,7 @@ async fn audit_inference(
     if o.cancelled {
         ev = ev.failed("client_disconnected");
     } else if let Some(e) = &o.error {
-        ev = ev.failed("engine_error");
+        ev = ev.failed(if o.overloaded { "engine_overloaded" } else { "engine_error" });
         ev.details["error"] = e.clone().into();
     }
     crate::auth::audit_only(st, ev).await
@@ -518,13 +533,7 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
 
     if !prep.stream {
         let mut text = String::new();
-        let mut out = Outcome {
-            usage: Usage { prompt_tokens: prompt_len, ..Usage::default() },
-            finish: None,
-            error: None,
-            cancelled: false,
-            ttft_ms: 0.0,
-        };
+        let mut out = Outcome { usage: Usage { prompt_tokens: prompt_len, ..Usage::default() }, ..Outcome::default() };
         while let Some(ev) = events.recv().await {
             match ev {
                 GenEvent::Text(t) => text.push_str(&t),
@@ -534,6 +543,10 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
                     out.ttft_ms = ttft_ms;
                 }
                 GenEvent::Error(e) => out.error = Some(e),
+                GenEvent::Overloaded(e) => {
+                    out.error = Some(e);
+                    out.overloaded = true;
+                }
             }
         }
         if out.finish.is_none() && out.error.is_none() {
@@ -541,7 +554,7 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
         }
         audit_inference(&st, &p, kind, &model_name, &out, t0, false).await?;
         if let Some(e) = out.error {
-            return Err(ApiError::new(ErrorCode::Internal, e));
+            return Err(ApiError::new(if out.overloaded { ErrorCode::Unavailable } else { ErrorCode::Internal }, e));
         }
         let choice = match kind {
             Kind::Chat => {
@@ -574,13 +587,7 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
             }
             Event::default().data(body.to_string())
         };
-        let mut out = Outcome {
-            usage: Usage { prompt_tokens: prompt_len, ..Usage::default() },
-            finish: None,
-            error: None,
-            cancelled: false,
-            ttft_ms: 0.0,
-        };
+        let mut out = Outcome { usage: Usage { prompt_tokens: prompt_len, ..Usage::default() }, ..Outcome::default() };
         if kind == Kind::Chat && tx.send(Ok(chunk(json!({"role": "assistant", "content": ""}), None))).await.is_err() {
             out.cancelled = true;
         }
@@ -601,6 +608,10 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
                     out.ttft_ms = ttft_ms;
                 }
                 Some(GenEvent::Error(e)) => out.error = Some(e),
+                Some(GenEvent::Overloaded(e)) => {
+                    out.error = Some(e);
+                    out.overloaded = true;
+                }
                 None => break,
             }
         }
@@ -619,7 +630,7 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
             return;
         }
         if let Some(e) = out.error {
-            let err = ApiError::new(ErrorCode::Internal, e);
+            let err = ApiError::new(if out.overloaded { ErrorCode::Unavailable } else { ErrorCode::Internal }, e);
             let _ = tx.send(Ok(Event::default().data(serde_json::to_string(&err.body()).unwrap_or_default()))).await;
         } else {
             let _ = tx.send(Ok(chunk(json!({}), out.finish))).await;
@@ -660,19 +671,13 @@ async fn embeddings(
     if inputs.iter().any(String::is_empty) {
         return Err(ApiError::field("input", "input strings must not be empty"));
     }
-    let model = model_for(&st, &p, &req.model, "inference.embeddings").await?;
+    let model = model_for(&st, &p, &req.model, "inference.embeddings", req.keep_alive.as_ref()).await?;
     let name = model.info().name.clone();
     let result = model.embed(&inputs).await;
     let (vectors, n_tokens) = match result {
         Ok(v) => v,
         Err(e) => {
-            let o = Outcome {
-                usage: Usage::default(),
-                finish: None,
-                error: Some(e.to_string()),
-                cancelled: false,
-                ttft_ms: 0.0,
-            };
+            let o = Outcome { error: Some(e.to_string()), ..Outcome::default() };
             audit_inference_embed(&st, &p, &name, &o, t0).await?;
             return Err(match e {
                 maasbox_engine::EngineError::ContextOverflow { index, tokens, limit } => ApiError::new(
@@ -687,13 +692,7 @@ async fn embeddings(
             });
         }
     };
-    let o = Outcome {
-        usage: Usage { prompt_tokens: n_tokens, ..Usage::default() },
-        finish: None,
-        error: None,
-        cancelled: false,
-        ttft_ms: 0.0,
-    };
+    let o = Outcome { usage: Usage { prompt_tokens: n_tokens, ..Usage::default() }, ..Outcome::default() };
     audit_inference_embed(&st, &p, &name, &o, t0).await?;
     let data: Vec<Value> = vectors
         .into_iter()

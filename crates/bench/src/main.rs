@@ -1,0 +1,369 @@
+//! Load generator behind `bench/inference.sh`.
+//!
+//! `maasbox-bench run` streams greedy `/v1/completions` from one OpenAI-compatible server and
+//! writes its figures as JSON; `maasbox-bench table` prints the figures of several servers side
+//! by side. Every request gets a prompt that differs from the others in its first words, so no
+//! server can answer from a prompt cache and prompt speed is measured on a full prefill.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Streams OpenAI completions from a server and prints throughput and latency")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure one server and write its figures as JSON.
+    Run(RunArgs),
+    /// Print the figures of several runs as one table; the first file is the reference.
+    Table {
+        /// JSON files written by `run`.
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Name of the server in the table.
+    #[arg(long)]
+    label: String,
+    /// Base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// Model name to send.
+    #[arg(long)]
+    model: String,
+    /// Bearer token, if the server needs one.
+    #[arg(long, env = "BENCH_KEY")]
+    key: Option<String>,
+    /// Approximate prompt length in tokens (the passage is repeated to reach it).
+    #[arg(long, default_value_t = 200)]
+    prompt_tokens: usize,
+    /// Tokens to generate per request.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// Single-stream runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, default_value = "1,4,8,16", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Requests each client sends one after another at each concurrency level.
+    #[arg(long, default_value_t = 2)]
+    requests_per_client: usize,
+    /// Where to write the figures.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// What one streamed request measured.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    ttft: Duration,
+    /// From the first content chunk to the last one.
+    decode: Duration,
+    total: Duration,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Level {
+    clients: usize,
+    requests: usize,
+    aggregate_tok_s: f64,
+    ttft_p50_ms: f64,
+    ttft_p99_ms: f64,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Report {
+    label: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    decode_tok_s: f64,
+    prompt_tok_s: f64,
+    ttft_ms: f64,
+    levels: Vec<Level>,
+}
+
+const PASSAGE: &str = "The river town woke slowly. Fishermen checked their nets along the grey stone quay, \
+a baker pulled the first loaves from a brick oven, and children ran past the shuttered market with a \
+dog at their heels. Above the hills the clouds thinned, and the bell of the old church rang seven times. ";
+
+/// A prompt of about `tokens` tokens whose first words are unique to `n`.
+fn prompt(n: usize, tokens: usize) -> String {
+    // The passage is about 70 tokens for BPE tokenizers of the SmolLM/Llama kind.
+    let reps = tokens.div_ceil(70).max(1);
+    format!("Story {n}, chapter {}. {}Continue the story:", n * 7 + 3, PASSAGE.repeat(reps))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+struct Target {
+    http: reqwest::Client,
+    url: String,
+    model: String,
+    key: Option<String>,
+    prompt_tokens: usize,
+    max_tokens: u32,
+}
+
+impl Target {
+    /// Stream one greedy completion and time it.
+    async fn request(&self, n: usize) -> Result<Sample> {
+        let body = json!({
+            "model": self.model,
+            "prompt": prompt(n, self.prompt_tokens),
+            "max_tokens": self.max_tokens,
+            "temperature": 0.0,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let mut req = self.http.post(format!("{}/v1/completions", self.url)).json(&body);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let t0 = Instant::now();
+        let resp = req.send().await?;
+        if !resp.status().is_success() {
+            bail!("{}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::<u8>::new();
+        let (mut first, mut last) = (None, None);
+        let mut chunks = 0usize;
+        let mut usage: Option<(usize, usize)> = None;
+        let mut done = false;
+        while let Some(bytes) = stream.next().await {
+            buf.extend_from_slice(&bytes?);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                for line in String::from_utf8_lossy(&event).lines() {
+                    let Some(data) = line.strip_prefix("data:") else { continue };
+                    let data = data.trim();
+                    if data == "[DONE]" {
+                        done = true;
+                        continue;
+                    }
+                    let v: Value = serde_json::from_str(data).with_context(|| format!("bad chunk: {data}"))?;
+                    if let Some(err) = v.get("error") {
+                        bail!("server error: {err}");
+                    }
+                    let text = v["choices"][0]["text"].as_str().unwrap_or_default();
+                    if !text.is_empty() {
+                        let now = Instant::now();
+                        first.get_or_insert(now);
+                        last = Some(now);
+                        chunks += 1;
+                    }
+                    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                        usage = Some((
+                            u["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+                            u["completion_tokens"].as_u64().unwrap_or(0) as usize,
+                        ));
+                    }
+                }
+            }
+        }
+        if !done {
+            bail!("the stream ended without [DONE]");
+        }
+        let first = first.context("no text was streamed")?;
+        let last = last.unwrap_or(first);
+        // A server that does not report usage in streams: one chunk per token.
+        let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, chunks));
+        Ok(Sample { prompt_tokens, completion_tokens, ttft: first - t0, decode: last - first, total: t0.elapsed() })
+    }
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    let t = std::sync::Arc::new(Target {
+        http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+        url: a.url.trim_end_matches('/').to_owned(),
+        model: a.model.clone(),
+        key: a.key.clone(),
+        prompt_tokens: a.prompt_tokens,
+        max_tokens: a.max_tokens,
+    });
+    // Warm-up: loads the model where loading is lazy, faults in the weights.
+    t.request(1_000_000).await.context("warm-up request")?;
+
+    let mut seq = 0usize;
+    let (mut decode, mut prompt_speed, mut ttft) = (vec![], vec![], vec![]);
+    let (mut pt, mut ct) = (0, 0);
+    for _ in 0..a.runs {
+        seq += 1;
+        let s = t.request(seq).await?;
+        eprintln!(
+            "[{}] single: prompt {} tok, ttft {:.1} ms, {} tok in {:.2} s",
+            a.label,
+            s.prompt_tokens,
+            s.ttft.as_secs_f64() * 1e3,
+            s.completion_tokens,
+            s.total.as_secs_f64()
+        );
+        decode.push(s.completion_tokens.saturating_sub(1) as f64 / s.decode.as_secs_f64());
+        if s.prompt_tokens > 0 {
+            prompt_speed.push(s.prompt_tokens as f64 / s.ttft.as_secs_f64());
+        }
+        ttft.push(s.ttft.as_secs_f64() * 1e3);
+        (pt, ct) = (s.prompt_tokens, s.completion_tokens);
+    }
+
+    let mut levels = vec![];
+    for &clients in &a.clients {
+        let start = Instant::now();
+        let mut tasks = vec![];
+        for c in 0..clients {
+            let t = t.clone();
+            let base = seq + c * a.requests_per_client;
+            let per = a.requests_per_client;
+            tasks.push(tokio::spawn(async move {
+                let mut out = vec![];
+                for r in 0..per {
+                    out.push(t.request(base + r + 1).await?);
+                }
+                anyhow::Ok(out)
+            }));
+        }
+        seq += clients * a.requests_per_client;
+        let mut samples = vec![];
+        for task in tasks {
+            samples.extend(task.await??);
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let tokens: usize = samples.iter().map(|s| s.completion_tokens).sum();
+        let mut ttfts: Vec<f64> = samples.iter().map(|s| s.ttft.as_secs_f64() * 1e3).collect();
+        let level = Level {
+            clients,
+            requests: samples.len(),
+            aggregate_tok_s: tokens as f64 / wall,
+            ttft_p50_ms: percentile(&mut ttfts, 50.0),
+            ttft_p99_ms: percentile(&mut ttfts, 99.0),
+        };
+        eprintln!(
+            "[{}] {clients} clients: {:.1} tok/s aggregate, ttft p50 {:.0} ms p99 {:.0} ms",
+            a.label, level.aggregate_tok_s, level.ttft_p50_ms, level.ttft_p99_ms
+        );
+        levels.push(level);
+    }
+    let report = Report {
+        label: a.label,
+        prompt_tokens: pt,
+        completion_tokens: ct,
+        decode_tok_s: median(&mut decode),
+        prompt_tok_s: median(&mut prompt_speed),
+        ttft_ms: median(&mut ttft),
+        levels,
+    };
+    std::fs::write(&a.out, serde_json::to_vec_pretty(&report)?)?;
+    Ok(())
+}
+
+fn table(files: &[PathBuf]) -> Result<()> {
+    let reports: Vec<Report> = files
+        .iter()
+        .map(|f| Ok(serde_json::from_slice(&std::fs::read(f).with_context(|| f.display().to_string())?)?))
+        .collect::<Result<_>>()?;
+    let Some(reference) = reports.first() else { bail!("no reports given") };
+    let mut rows: Vec<(String, Vec<f64>, bool)> = vec![
+        ("single-stream decode tok/s".into(), reports.iter().map(|r| r.decode_tok_s).collect(), true),
+        ("single-stream prompt tok/s".into(), reports.iter().map(|r| r.prompt_tok_s).collect(), true),
+        ("single-stream TTFT ms".into(), reports.iter().map(|r| r.ttft_ms).collect(), false),
+    ];
+    for (i, l) in reference.levels.iter().enumerate() {
+        let at = |f: fn(&Level) -> f64| reports.iter().map(|r| r.levels.get(i).map_or(f64::NAN, f)).collect();
+        rows.push((format!("{} clients: aggregate tok/s", l.clients), at(|l| l.aggregate_tok_s), true));
+        rows.push((format!("{} clients: TTFT p50 ms", l.clients), at(|l| l.ttft_p50_ms), false));
+        rows.push((format!("{} clients: TTFT p99 ms", l.clients), at(|l| l.ttft_p99_ms), false));
+    }
+    let mut header = format!("| {:<30} |", "metric");
+    let mut rule = format!("|{}|", "-".repeat(32));
+    for r in &reports {
+        header += &format!(" {:>16} |", r.label);
+        rule += &format!("{}:|", "-".repeat(17));
+    }
+    for r in &reports[1..] {
+        header += &format!(" {:>16} |", format!("× {}", r.label));
+        rule += &format!("{}:|", "-".repeat(17));
+    }
+    println!("{header}\n{rule}");
+    for (name, vals, higher_better) in rows {
+        let mut line = format!("| {name:<30} |");
+        for v in &vals {
+            line += &format!(" {:>16} |", format!("{v:.1}"));
+        }
+        // Ratios read "how many times better the first server is".
+        for v in &vals[1..] {
+            let ratio = if higher_better { vals[0] / v } else { v / vals[0] };
+            line += &format!(" {:>16} |", format!("{ratio:.2}×"));
+        }
+        println!("{line}");
+    }
+    let tokens: Vec<String> =
+        reports.iter().map(|r| format!("{} {}+{}", r.label, r.prompt_tokens, r.completion_tokens)).collect();
+    println!("\nprompt+generated tokens per request: {}", tokens.join(", "));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run(a) => run(a).await,
+        Cmd::Table { files } => table(&files),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), 50.0);
+        assert_eq!(percentile(&mut v, 99.0), 99.0);
+        let mut v = vec![3.0, 1.0, 2.0];
+        assert_eq!(percentile(&mut v, 99.0), 3.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn prompts_differ_from_the_first_words() {
+        let (a, b) = (prompt(1, 200), prompt(2, 200));
+        assert_ne!(a.split_whitespace().nth(1), b.split_whitespace().nth(1));
+        assert_eq!(a.len(), b.len());
+    }
+}
