@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Inference benchmark: maasbox beside llama.cpp's llama-server and llama-cpp-python's OpenAI
-# server, same SmolLM2 GGUF, same threads, one after another in one run; prints one table.
+# server, same SmolLM2 GGUF, same threads, interleaved in one run; prints one table.
 #   bash bench/inference.sh            (defaults: 200-token prompts, 256 generated, greedy,
 #                                        5 single-stream runs, 1/4/8/16 streaming clients)
 #   BENCH_THREADS=2 BENCH_ARGS="--runs 3 --clients 1,8" bash bench/inference.sh
 # Peers are built once into bench/cache (never committed): llama-server from the llama.cpp
 # sources vendored in the PyPI sdist llama-cpp-python==0.3.36, with CMake; llama-cpp-python's
-# server from the same sdist with pip.
+# server from the same sdist with pip (with --interrupt_requests false: by default a new request
+# aborts the running one). Figures go to bench/out/ (one JSON per server, table.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -44,46 +45,39 @@ fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "server did not start: $1" >&2; return 1; }
-PID=
+PIDS=()
 DATA=$(mktemp -d)
-stop() { [ -n "$PID" ] && { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }; PID=; }
-trap 'stop; rm -rf "$DATA"' EXIT
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
 # shellcheck disable=SC2206
 EXTRA=(${BENCH_ARGS:-})
 echo "threads $THREADS, parallel slots $PARALLEL, context $CTX, $(nproc) cores" >&2
 
-# --- maasbox ---------------------------------------------------------------------------------
-P=$(port)
+# All three servers run side by side (idle ones use no CPU); the load generator interleaves
+# them, so a change in the machine's speed during the run falls on all of them alike.
+P1=$(port)
 MAASBOX_LOG_FILE=false RUST_LOG=warn MAASBOX_ENGINE_THREADS=$THREADS MAASBOX_ENGINE_PARALLEL=$PARALLEL \
-  MAASBOX_ENGINE_CONTEXT_SIZE=$CTX "$BIN" serve --data-dir "$DATA" --port "$P" >"$OUT/maasbox.log" 2>&1 &
-PID=$!
-wait_up "http://127.0.0.1:$P/health"
-export MAASBOX_URL=http://127.0.0.1:$P
+  MAASBOX_ENGINE_CONTEXT_SIZE=$CTX "$BIN" serve --data-dir "$DATA" --port "$P1" >"$OUT/maasbox.log" 2>&1 &
+PIDS+=($!)
+P2=$(port)
+"$LLAMA_SERVER" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL" -c "$CTX" --port "$P2" \
+  >"$OUT/llama-server.log" 2>&1 &
+PIDS+=($!)
+P3=$(port)
+"$CACHE/venv/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias smollm2 --n_threads "$THREADS" \
+  --n_threads_batch "$THREADS" --n_ctx 2048 --interrupt_requests false --port "$P3" >"$OUT/llama-cpp-python.log" 2>&1 &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$P1/health"
+wait_up "http://127.0.0.1:$P2/health"
+wait_up "http://127.0.0.1:$P3/v1/models"
+
+export MAASBOX_URL=http://127.0.0.1:$P1
 "$BIN" model import "$MODEL" --name smollm2:135m --data-dir "$DATA" >/dev/null
 CODE=$(cat "$DATA/setup.token")
 curl -sf -XPOST "$MAASBOX_URL/api/v1/auth/setup" -H 'content-type: application/json' \
   -d "{\"code\":\"$CODE\",\"username\":\"operator\",\"password\":\"Bench-Passw0rd-1\"}" >/dev/null
 KEY=$("$BIN" key create --name bench --data-dir "$DATA" | sed -n 's/.*store it now): //p')
-"$BENCH" run --label maasbox --url "$MAASBOX_URL" --model smollm2:135m --key "$KEY" --out "$OUT/maasbox.json" "${EXTRA[@]}"
-stop
 
-# --- llama-server --------------------------------------------------------------------------
-P=$(port)
-"$LLAMA_SERVER" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL" -c "$CTX" --port "$P" \
-  >"$OUT/llama-server.log" 2>&1 &
-PID=$!
-wait_up "http://127.0.0.1:$P/health"
-"$BENCH" run --label llama-server --url "http://127.0.0.1:$P" --model smollm2 --out "$OUT/llama-server.json" "${EXTRA[@]}"
-stop
-
-# --- llama-cpp-python ----------------------------------------------------------------------
-P=$(port)
-"$CACHE/venv/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias smollm2 --n_threads "$THREADS" \
-  --n_threads_batch "$THREADS" --n_ctx 2048 --port "$P" >"$OUT/llama-cpp-python.log" 2>&1 &
-PID=$!
-wait_up "http://127.0.0.1:$P/v1/models"
-"$BENCH" run --label llama-cpp-python --url "http://127.0.0.1:$P" --model smollm2 --out "$OUT/llama-cpp-python.json" "${EXTRA[@]}"
-stop
-
-echo
-"$BENCH" table "$OUT/maasbox.json" "$OUT/llama-server.json" "$OUT/llama-cpp-python.json" | tee "$OUT/table.md"
+"$BENCH" run --out "$OUT" "${EXTRA[@]}" \
+  --target "maasbox=$MAASBOX_URL=smollm2:135m=$KEY" \
+  --target "llama-server=http://127.0.0.1:$P2=smollm2" \
+  --target "llama-cpp-python=http://127.0.0.1:$P3=smollm2" | tee "$OUT/table.md"

@@ -195,6 +195,10 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Context size per model in tokens, shared by its slots (0 = the model's own, up to 8192).
     pub context_size: u32,
+    /// One KV pool that any slot may fill (a request may use the whole context) instead of an
+    /// equal share per slot (context_size / parallel each; attention then reads only the
+    /// slot's own cells, which is much faster with many slots, as llama-server does).
+    pub kv_unified: bool,
     /// Layers to offload to the GPU: "auto" (all that fit the build's backend) or a number.
     pub gpu_layers: String,
     /// Unload a model idle this long (seconds); a request may override with `keep_alive`.
@@ -211,6 +215,7 @@ impl Default for EngineConfig {
             parallel: 4,
             threads: 0,
             context_size: 0,
+            kv_unified: false,
             gpu_layers: "auto".into(),
             keep_alive_secs: 300,
             max_loaded_models: 3,

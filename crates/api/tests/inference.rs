@@ -193,11 +193,12 @@ async fn a_client_that_disconnects_frees_its_slot() {
 async fn bad_requests_are_refused_with_openai_errors() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (srv, admin) = server(2).await;
-    // Longer than the context (2048 in these tests): 400 with both numbers, nothing truncated.
+    // Longer than a slot's context (2048 / 2 slots in this test): 400 with both numbers,
+    // nothing truncated.
     let (s, v) = chat(&srv, &admin, q(&"word ".repeat(3000), 10)).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("context_length_exceeded")));
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("2048 tokens") && msg.contains("resulted in 30"), "{msg}");
+    assert!(msg.contains("1024 tokens") && msg.contains("resulted in 30"), "{msg}");
     let (s, v) = chat(&srv, &admin, json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("model_not_found")));
     let (s, v) = chat(&srv, "mbx_0123456789abcdef_wrong", q("x", 2)).await;
@@ -408,6 +409,7 @@ async fn a_full_context_drops_idle_caches_then_ends_the_youngest_request() {
     let (srv, admin) = server_with(|c| {
         c.engine.parallel = 4;
         c.engine.context_size = 512;
+        c.engine.kv_unified = true;
     })
     .await;
     let long =

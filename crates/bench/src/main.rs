@@ -1,11 +1,12 @@
 //! Load generator behind `bench/inference.sh`.
 //!
-//! `maasbox-bench run` streams greedy `/v1/completions` from one OpenAI-compatible server and
-//! writes its figures as JSON; `maasbox-bench table` prints the figures of several servers side
-//! by side. Every request gets a prompt that differs from the others in its first words, so no
+//! `maasbox-bench run` streams greedy `/v1/completions` from several OpenAI-compatible servers,
+//! interleaved, writes each one's figures as JSON and prints them side by side (`maasbox-bench
+//! table` prints saved figures again). Every request gets a prompt that differs from the others in its first words, so no
 //! server can answer from a prompt cache and prompt speed is measured on a full prefill.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Measure one server and write its figures as JSON.
+    /// Measure servers, write their figures as JSON and print the table.
     Run(RunArgs),
     /// Print the figures of several runs as one table; the first file is the reference.
     Table {
@@ -34,18 +35,11 @@ enum Cmd {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Name of the server in the table.
-    #[arg(long)]
-    label: String,
-    /// Base URL, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    url: String,
-    /// Model name to send.
-    #[arg(long)]
-    model: String,
-    /// Bearer token, if the server needs one.
-    #[arg(long, env = "BENCH_KEY")]
-    key: Option<String>,
+    /// A server: `LABEL=URL=MODEL[=KEY]`; repeat for each server. Measurements interleave
+    /// the servers (run 1 on each, then run 2 on each, …) so drift in the machine's speed
+    /// falls on all of them alike.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
     /// Approximate prompt length in tokens (the passage is repeated to reach it).
     #[arg(long, default_value_t = 200)]
     prompt_tokens: usize,
@@ -59,9 +53,9 @@ struct RunArgs {
     #[arg(long, default_value = "1,4,8,16", value_delimiter = ',')]
     clients: Vec<usize>,
     /// Requests each client sends one after another at each concurrency level.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     requests_per_client: usize,
-    /// Where to write the figures.
+    /// Directory for one JSON file of figures per server (`LABEL.json`).
     #[arg(long)]
     out: PathBuf,
 }
@@ -208,88 +202,119 @@ impl Target {
     }
 }
 
-async fn run(a: RunArgs) -> Result<()> {
-    let t = std::sync::Arc::new(Target {
-        http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
-        url: a.url.trim_end_matches('/').to_owned(),
-        model: a.model.clone(),
-        key: a.key.clone(),
-        prompt_tokens: a.prompt_tokens,
-        max_tokens: a.max_tokens,
-    });
-    // Warm-up: loads the model where loading is lazy, faults in the weights.
-    t.request(1_000_000).await.context("warm-up request")?;
+struct Figures {
+    decode: Vec<f64>,
+    prompt: Vec<f64>,
+    ttft: Vec<f64>,
+    tokens: (usize, usize),
+    levels: Vec<Level>,
+}
 
-    let mut seq = 0usize;
-    let (mut decode, mut prompt_speed, mut ttft) = (vec![], vec![], vec![]);
-    let (mut pt, mut ct) = (0, 0);
-    for _ in 0..a.runs {
-        seq += 1;
-        let s = t.request(seq).await?;
-        eprintln!(
-            "[{}] single: prompt {} tok, ttft {:.1} ms, {} tok in {:.2} s",
-            a.label,
-            s.prompt_tokens,
-            s.ttft.as_secs_f64() * 1e3,
-            s.completion_tokens,
-            s.total.as_secs_f64()
-        );
-        decode.push(s.completion_tokens.saturating_sub(1) as f64 / s.decode.as_secs_f64());
-        if s.prompt_tokens > 0 {
-            prompt_speed.push(s.prompt_tokens as f64 / s.ttft.as_secs_f64());
-        }
-        ttft.push(s.ttft.as_secs_f64() * 1e3);
-        (pt, ct) = (s.prompt_tokens, s.completion_tokens);
-    }
-
-    let mut levels = vec![];
-    for &clients in &a.clients {
-        let start = Instant::now();
-        let mut tasks = vec![];
-        for c in 0..clients {
+/// `clients` concurrent clients, each sending `per` requests one after another.
+async fn level(t: &Arc<Target>, clients: usize, per: usize, first: usize) -> Result<Level> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
             let t = t.clone();
-            let base = seq + c * a.requests_per_client;
-            let per = a.requests_per_client;
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let mut out = vec![];
                 for r in 0..per {
-                    out.push(t.request(base + r + 1).await?);
+                    out.push(t.request(first + c * per + r).await?);
                 }
                 anyhow::Ok(out)
-            }));
+            })
+        })
+        .collect();
+    let mut samples = vec![];
+    for task in tasks {
+        samples.extend(task.await??);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let tokens: usize = samples.iter().map(|s| s.completion_tokens).sum();
+    let mut ttfts: Vec<f64> = samples.iter().map(|s| s.ttft.as_secs_f64() * 1e3).collect();
+    Ok(Level {
+        clients,
+        requests: samples.len(),
+        aggregate_tok_s: tokens as f64 / wall,
+        ttft_p50_ms: percentile(&mut ttfts, 50.0),
+        ttft_p99_ms: percentile(&mut ttfts, 99.0),
+    })
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    // A fresh connection per request: some servers close idle keep-alive connections, and a
+    // loopback connect costs microseconds beside these timings.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let mut targets = vec![];
+    for spec in &a.targets {
+        let parts: Vec<&str> = spec.splitn(4, '=').collect();
+        let [label, url, model, rest @ ..] = parts.as_slice() else {
+            bail!("--target wants LABEL=URL=MODEL[=KEY], not {spec}");
+        };
+        let t = Arc::new(Target {
+            http: http.clone(),
+            url: url.trim_end_matches('/').to_owned(),
+            model: (*model).to_owned(),
+            key: rest.first().map(|k| (*k).to_owned()),
+            prompt_tokens: a.prompt_tokens,
+            max_tokens: a.max_tokens,
+        });
+        // Warm-up: loads the model where loading is lazy, faults in the weights.
+        t.request(1_000_000).await.with_context(|| format!("warm-up request to {label}"))?;
+        targets.push(((*label).to_owned(), t));
+    }
+    let mut figs: Vec<Figures> = targets
+        .iter()
+        .map(|_| Figures { decode: vec![], prompt: vec![], ttft: vec![], tokens: (0, 0), levels: vec![] })
+        .collect();
+    let mut seq = 0usize;
+    for _ in 0..a.runs {
+        seq += 1;
+        for ((label, t), f) in targets.iter().zip(&mut figs) {
+            let s = t.request(seq).await.with_context(|| label.clone())?;
+            eprintln!(
+                "[{label}] single: prompt {} tok, ttft {:.1} ms, {} tok in {:.2} s",
+                s.prompt_tokens,
+                s.ttft.as_secs_f64() * 1e3,
+                s.completion_tokens,
+                s.total.as_secs_f64()
+            );
+            f.decode.push(s.completion_tokens.saturating_sub(1) as f64 / s.decode.as_secs_f64());
+            if s.prompt_tokens > 0 {
+                f.prompt.push(s.prompt_tokens as f64 / s.ttft.as_secs_f64());
+            }
+            f.ttft.push(s.ttft.as_secs_f64() * 1e3);
+            f.tokens = (s.prompt_tokens, s.completion_tokens);
+        }
+    }
+    for &clients in &a.clients {
+        for ((label, t), f) in targets.iter().zip(&mut figs) {
+            let l = level(t, clients, a.requests_per_client, seq + 1).await.with_context(|| label.clone())?;
+            eprintln!(
+                "[{label}] {clients} clients: {:.1} tok/s aggregate, ttft p50 {:.0} ms p99 {:.0} ms",
+                l.aggregate_tok_s, l.ttft_p50_ms, l.ttft_p99_ms
+            );
+            f.levels.push(l);
         }
         seq += clients * a.requests_per_client;
-        let mut samples = vec![];
-        for task in tasks {
-            samples.extend(task.await??);
-        }
-        let wall = start.elapsed().as_secs_f64();
-        let tokens: usize = samples.iter().map(|s| s.completion_tokens).sum();
-        let mut ttfts: Vec<f64> = samples.iter().map(|s| s.ttft.as_secs_f64() * 1e3).collect();
-        let level = Level {
-            clients,
-            requests: samples.len(),
-            aggregate_tok_s: tokens as f64 / wall,
-            ttft_p50_ms: percentile(&mut ttfts, 50.0),
-            ttft_p99_ms: percentile(&mut ttfts, 99.0),
-        };
-        eprintln!(
-            "[{}] {clients} clients: {:.1} tok/s aggregate, ttft p50 {:.0} ms p99 {:.0} ms",
-            a.label, level.aggregate_tok_s, level.ttft_p50_ms, level.ttft_p99_ms
-        );
-        levels.push(level);
     }
-    let report = Report {
-        label: a.label,
-        prompt_tokens: pt,
-        completion_tokens: ct,
-        decode_tok_s: median(&mut decode),
-        prompt_tok_s: median(&mut prompt_speed),
-        ttft_ms: median(&mut ttft),
-        levels,
-    };
-    std::fs::write(&a.out, serde_json::to_vec_pretty(&report)?)?;
-    Ok(())
+    std::fs::create_dir_all(&a.out)?;
+    let mut files = vec![];
+    for ((label, _), mut f) in targets.into_iter().zip(figs) {
+        let report = Report {
+            label: label.clone(),
+            prompt_tokens: f.tokens.0,
+            completion_tokens: f.tokens.1,
+            decode_tok_s: median(&mut f.decode),
+            prompt_tok_s: median(&mut f.prompt),
+            ttft_ms: median(&mut f.ttft),
+            levels: f.levels,
+        };
+        let path = a.out.join(format!("{label}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        files.push(path);
+    }
+    table(&files)
 }
 
 fn table(files: &[PathBuf]) -> Result<()> {
@@ -322,13 +347,15 @@ fn table(files: &[PathBuf]) -> Result<()> {
     println!("{header}\n{rule}");
     for (name, vals, higher_better) in rows {
         let mut line = format!("| {name:<30} |");
+        // NaN: the server did not report what the figure needs (e.g. usage in streams).
+        let cell = |v: f64, text: String| if v.is_finite() { text } else { "n/a".to_owned() };
         for v in &vals {
-            line += &format!(" {:>16} |", format!("{v:.1}"));
+            line += &format!(" {:>16} |", cell(*v, format!("{v:.1}")));
         }
         // Ratios read "how many times better the first server is".
         for v in &vals[1..] {
             let ratio = if higher_better { vals[0] / v } else { v / vals[0] };
-            line += &format!(" {:>16} |", format!("{ratio:.2}×"));
+            line += &format!(" {:>16} |", cell(ratio, format!("{ratio:.2}×")));
         }
         println!("{line}");
     }

@@ -212,6 +212,8 @@ pub struct ModelSpec {
     pub n_ctx: Option<u32>,
     /// Parallel sequences (slots).
     pub parallel: usize,
+    /// One KV pool shared by the slots (else `n_ctx / parallel` each).
+    pub kv_unified: bool,
     /// CPU threads.
     pub n_threads: i32,
     /// Layers to offload to the GPU (`None` = all that the build supports).
@@ -227,7 +229,7 @@ pub struct ModelInfo {
     pub architecture: String,
     /// Parameters.
     pub n_params: u64,
-    /// Context the engine runs with.
+    /// Context one request may use (the whole pool when unified, else a slot's share).
     pub n_ctx: u32,
     /// Training context.
     pub n_ctx_train: u32,
@@ -526,6 +528,7 @@ impl EngineHandle {
             parallel: spec.parallel.clamp(1, 64),
             n_batch: 512,
             n_threads: spec.n_threads.max(1),
+            kv_unified: spec.kv_unified,
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -125,6 +125,7 @@ pub(crate) struct RunnerConfig {
     pub parallel: usize,
     pub n_batch: u32,
     pub n_threads: i32,
+    pub kv_unified: bool,
 }
 
 /// Run the generation loop until the command channel closes.
@@ -140,7 +141,7 @@ pub(crate) fn run_generation(
         .with_n_batch(cfg.n_batch)
         .with_n_ubatch(cfg.n_batch.min(512))
         .with_n_seq_max(cfg.parallel as u32)
-        .with_kv_unified(true)
+        .with_kv_unified(cfg.kv_unified)
         .with_n_threads(cfg.n_threads)
         .with_n_threads_batch(cfg.n_threads);
     let mut ctx = match model.new_context(backend, params) {
@@ -150,7 +151,9 @@ pub(crate) fn run_generation(
             return;
         }
     };
-    let n_ctx = ctx.n_ctx();
+    // What one request may use: llama.cpp gives each sequence n_ctx / n_seq_max cells unless
+    // the pool is unified.
+    let n_ctx = if cfg.kv_unified { ctx.n_ctx() } else { ctx.n_ctx() / cfg.parallel as u32 };
     let _ = ready.send(Ok(n_ctx));
     let n_batch = cfg.n_batch as usize;
     let mut batch = LlamaBatch::new(n_batch.max(cfg.parallel), 1);
@@ -254,7 +257,7 @@ pub(crate) fn run_generation(
                         tracing::warn!(slot = v.id, n_active, "KV cache full; ending the youngest request");
                         if let Some(tx) = &v.tx {
                             let _ = tx.try_send(GenEvent::Overloaded(format!(
-                                "the model's context ({n_ctx} tokens shared by {n_active} running requests) is full; \
+                                "the model's KV cache (shared by {n_active} running requests) is full; \
                                  retry shortly, or raise engine.context_size"
                             )));
                         }

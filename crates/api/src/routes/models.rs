@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use maasbox_engine::{KeepAlive, LoadedModel, ModelInfo, ModelSpec, RunningModel};
+use maasbox_engine::{KeepAlive, LoadedModel, ModelSpec, RunningModel};
 use maasbox_store::{models, WriteOutcome};
 use maasbox_types::{ErrorCode, ModelRecord, Permission};
 use serde::{Deserialize, Serialize};
@@ -189,6 +189,7 @@ async fn load_or_get(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> 
         path: blob_path(st, &rec.sha256),
         n_ctx: (cfg.context_size > 0).then_some(cfg.context_size),
         parallel: cfg.parallel,
+        kv_unified: cfg.kv_unified,
         n_threads: cfg.effective_threads(),
         n_gpu_layers: cfg.gpu_layers(),
     };
