@@ -71,12 +71,20 @@ struct Sample {
     total: Duration,
 }
 
+/// JSON has no NaN (serde_json writes null): read null back as NaN ("not reported").
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 struct Level {
     clients: usize,
     requests: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     aggregate_tok_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     ttft_p50_ms: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     ttft_p99_ms: f64,
 }
 
@@ -85,8 +93,11 @@ struct Report {
     label: String,
     prompt_tokens: usize,
     completion_tokens: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     decode_tok_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     prompt_tok_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     ttft_ms: f64,
     levels: Vec<Level>,
 }
@@ -385,6 +396,22 @@ mod tests {
         let mut v = vec![3.0, 1.0, 2.0];
         assert_eq!(percentile(&mut v, 99.0), 3.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn missing_figures_survive_the_json_round_trip() {
+        let r = Report {
+            label: "x".into(),
+            prompt_tokens: 0,
+            completion_tokens: 1,
+            decode_tok_s: 2.0,
+            prompt_tok_s: f64::NAN,
+            ttft_ms: 3.0,
+            levels: vec![],
+        };
+        let back: Report = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert!(back.prompt_tok_s.is_nan());
+        assert_eq!(back.decode_tok_s, 2.0);
     }
 
     #[test]
