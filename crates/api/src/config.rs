@@ -199,6 +199,11 @@ pub struct EngineConfig {
     /// equal share per slot (context_size / parallel each; attention then reads only the
     /// slot's own cells, which is much faster with many slots, as llama-server does).
     pub kv_unified: bool,
+    /// Most tokens decoded in one engine step (prompt chunks plus one per generating slot).
+    /// Larger: new requests' prompts are read together and the slots decode in lockstep (more
+    /// tokens/s under load, llama-server's 2048); smaller: prompts interleave with decoding
+    /// (earlier first tokens, less throughput).
+    pub batch_size: u32,
     /// Layers to offload to the GPU: "auto" (all that fit the build's backend) or a number.
     pub gpu_layers: String,
     /// Unload a model idle this long (seconds); a request may override with `keep_alive`.
@@ -216,6 +221,7 @@ impl Default for EngineConfig {
             threads: 0,
             context_size: 0,
             kv_unified: false,
+            batch_size: 2048,
             gpu_layers: "auto".into(),
             keep_alive_secs: 300,
             max_loaded_models: 3,
@@ -400,6 +406,12 @@ impl Config {
             return Err(ConfigError::Key {
                 key: "engine.gpu_layers".into(),
                 message: "must be \"auto\" or a number".into(),
+            });
+        }
+        if !(64..=16384).contains(&self.engine.batch_size) {
+            return Err(ConfigError::Key {
+                key: "engine.batch_size".into(),
+                message: "must be between 64 and 16384".into(),
             });
         }
         if !(1..=64).contains(&self.engine.parallel) {

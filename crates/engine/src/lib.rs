@@ -214,6 +214,8 @@ pub struct ModelSpec {
     pub parallel: usize,
     /// One KV pool shared by the slots (else `n_ctx / parallel` each).
     pub kv_unified: bool,
+    /// Most tokens decoded per step.
+    pub n_batch: u32,
     /// CPU threads.
     pub n_threads: i32,
     /// Layers to offload to the GPU (`None` = all that the build supports).
@@ -526,7 +528,7 @@ impl EngineHandle {
         let cfg = runner::RunnerConfig {
             n_ctx,
             parallel: spec.parallel.clamp(1, 64),
-            n_batch: 512,
+            n_batch: spec.n_batch.max(64),
             n_threads: spec.n_threads.max(1),
             kv_unified: spec.kv_unified,
         };

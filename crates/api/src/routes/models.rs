@@ -190,6 +190,7 @@ async fn load_or_get(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> 
         n_ctx: (cfg.context_size > 0).then_some(cfg.context_size),
         parallel: cfg.parallel,
         kv_unified: cfg.kv_unified,
+        n_batch: cfg.batch_size,
         n_threads: cfg.effective_threads(),
         n_gpu_layers: cfg.gpu_layers(),
     };
