@@ -128,6 +128,22 @@ pub(crate) struct RunnerConfig {
     pub kv_unified: bool,
 }
 
+/// Create the context; a failure is reported to the loader (and `None` ends the thread).
+fn open_context<'m>(
+    model: &'m LlamaModel,
+    backend: &'static llama_cpp_2::llama_backend::LlamaBackend,
+    params: LlamaContextParams,
+    ready: &std::sync::mpsc::Sender<Result<u32, String>>,
+) -> Option<LlamaContext<'m>> {
+    match model.new_context(backend, params) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            None
+        }
+    }
+}
+
 /// Run the generation loop until the command channel closes.
 pub(crate) fn run_generation(
     model: Arc<LlamaModel>,
@@ -144,13 +160,7 @@ pub(crate) fn run_generation(
         .with_kv_unified(cfg.kv_unified)
         .with_n_threads(cfg.n_threads)
         .with_n_threads_batch(cfg.n_threads);
-    let mut ctx = match model.new_context(backend, params) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-    };
+    let Some(mut ctx) = open_context(&model, backend, params, &ready) else { return };
     // What one request may use: llama.cpp gives each sequence n_ctx / n_seq_max cells unless
     // the pool is unified.
     let n_ctx = if cfg.kv_unified { ctx.n_ctx() } else { ctx.n_ctx() / cfg.parallel as u32 };
@@ -414,13 +424,7 @@ pub(crate) fn run_embeddings(
         .with_embeddings(true)
         .with_n_threads(cfg.n_threads)
         .with_n_threads_batch(cfg.n_threads);
-    let mut ctx = match model.new_context(backend, params) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-    };
+    let Some(mut ctx) = open_context(&model, backend, params, &ready) else { return };
     let _ = ready.send(Ok(n_ctx_train));
     let mut batch = LlamaBatch::new(n_batch as usize, 1);
     while let Ok(cmd) = rx.recv() {
