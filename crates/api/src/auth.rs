@@ -87,6 +87,10 @@ pub struct Principal {
     pub session_id: Option<String>,
     /// Models the key may call (`None` = no key restriction).
     pub allowed_models: Option<Vec<String>>,
+    /// The key's own quotas (empty without a key).
+    pub key_limits: maasbox_types::Limits,
+    /// The app the key is scoped to, if any.
+    pub key_app: Option<String>,
     /// The account must change its password before anything else (sessions only).
     pub must_change_password: bool,
     /// The user record as of authentication (at most a minute old; `None` for the owner).
@@ -206,6 +210,8 @@ async fn authenticate(st: &AppState, token: &str, client: &ClientInfo) -> Result
             key_id: None,
             session_id: None,
             allowed_models: None,
+            key_limits: Default::default(),
+            key_app: None,
             must_change_password: false,
             user: None,
             client: client.clone(),
@@ -284,6 +290,8 @@ async fn api_key(st: &AppState, rest: &str, client: &ClientInfo) -> Result<Princ
         key_id: Some(id.to_owned()),
         session_id: None,
         allowed_models: ka.key.allowed_models.clone(),
+        key_limits: ka.key.limits,
+        key_app: ka.key.app.clone(),
         // Keys keep working for a user who must change their password; only sessions are gated.
         must_change_password: false,
         user: Some(ka.user),
@@ -349,6 +357,8 @@ async fn session(st: &AppState, token: &str, client: &ClientInfo) -> Result<Prin
         key_id: None,
         session_id: Some(sid),
         allowed_models: None,
+        key_limits: Default::default(),
+        key_app: None,
         must_change_password: user.must_change_password,
         user: Some(user),
         client: client.clone(),

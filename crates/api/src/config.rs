@@ -30,6 +30,35 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Local inference.
     pub engine: EngineConfig,
+    /// Default quotas of every user.
+    pub quotas: QuotaConfig,
+}
+
+/// `[quotas]`: what a user without limits of their own gets (0 = no limit). API keys add their
+/// own limits on top; the stricter applies.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Requests started per rolling minute.
+    pub requests_per_minute: u64,
+    /// Tokens (prompt + completion) per UTC day.
+    pub tokens_per_day: u64,
+    /// Tokens per UTC calendar month.
+    pub tokens_per_month: u64,
+    /// Requests in flight at once.
+    pub concurrent: u64,
+}
+
+impl QuotaConfig {
+    /// As [`maasbox_types::Limits`] (every field set; 0 = no limit).
+    pub fn limits(&self) -> maasbox_types::Limits {
+        maasbox_types::Limits {
+            requests_per_minute: Some(self.requests_per_minute),
+            tokens_per_day: Some(self.tokens_per_day),
+            tokens_per_month: Some(self.tokens_per_month),
+            concurrent: Some(self.concurrent),
+        }
+    }
 }
 
 /// `[server]`

@@ -34,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 mod logging;
+pub mod quota;
 mod routes;
 pub mod state;
 
@@ -53,6 +54,8 @@ pub use state::{AppState, Startup};
         (name = "keys", description = "API keys"),
         (name = "audit", description = "The SM3-chained audit log"),
         (name = "models", description = "The model registry"),
+        (name = "apps", description = "Assistants: a model with a system prompt and defaults, called as app:<name>"),
+        (name = "usage", description = "Metered use and quotas"),
     )
 )]
 struct ApiDoc;
@@ -78,6 +81,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::models::router())
+        .merge(routes::apps::router())
+        .merge(routes::usage::router())
         .split_for_parts()
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub engine: EngineHandle,
     /// Serialises model loads so two requests do not load the same model twice.
     pub load_lock: tokio::sync::Mutex<()>,
+    /// Quota counters (rebuilt from the usage tables at startup).
+    pub meter: Arc<crate::quota::Meter>,
     pub started: Instant,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
@@ -143,6 +145,9 @@ impl AppState {
         };
 
         let limiter = LoginLimiter::new(&config.auth);
+        let meter = Arc::new(crate::quota::Meter::default());
+        let now = maasbox_types::now_millis();
+        meter.restore(store.read_blocking(move |c| maasbox_store::usage::counters(c, now))?, now);
         let state = AppState(Arc::new(Inner {
             data_dir: data_dir.clone(),
             store,
@@ -158,6 +163,7 @@ impl AppState {
             key_uses: Mutex::new(HashMap::new()),
             engine,
             load_lock: tokio::sync::Mutex::new(()),
+            meter,
             started: Instant::now(),
             config,
             _lock: lock,

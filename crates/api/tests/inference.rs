@@ -8,30 +8,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 
-use common::Server;
+use common::{model_file, Server, MINILM, SMOL};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("MAASBOX_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"))
-}
-
-fn model_file(name: &str) -> String {
-    let p = models_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `python3 models/fetch.py` (scripts/test.sh does)", p.display());
-    p.display().to_string()
-}
-
-const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const MINILM: &str = "all-MiniLM-L6-v2.F32.gguf";
 
 async fn server(parallel: usize) -> (Server, String) {
     server_with(|c| c.engine.parallel = parallel).await

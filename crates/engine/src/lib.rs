@@ -130,7 +130,12 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenEvent {
     /// More text (complete UTF-8, stop strings already removed).
-    Text(String),
+    Text {
+        /// The text.
+        text: String,
+        /// Tokens generated so far (what a request that ends now has cost).
+        tokens: usize,
+    },
     /// Finished.
     Done {
         /// Why.

@@ -98,7 +98,7 @@ impl Slot {
         let tail = self.stop.finish();
         if let Some(tx) = &self.tx {
             if !tail.is_empty() && reason != FinishReason::Stop {
-                let _ = tx.try_send(GenEvent::Text(tail));
+                let _ = tx.try_send(GenEvent::Text { text: tail, tokens: self.n_gen });
             }
             let now = Instant::now();
             let _ = tx.try_send(GenEvent::Done {
@@ -309,7 +309,7 @@ pub(crate) fn run_generation(
             };
             if !out.is_empty() {
                 if let Some(tx) = &s.tx {
-                    if tx.try_send(GenEvent::Text(out)).is_err() {
+                    if tx.try_send(GenEvent::Text { text: out, tokens: s.n_gen }).is_err() {
                         // Closed (client left) or a client that reads nothing for 1024 pieces.
                         s.release();
                         continue;

@@ -1,12 +1,12 @@
 //! API keys. Only a MAC of each secret is stored; the API layer computes and compares MACs.
 
-use maasbox_types::{now_secs, ApiKey, User};
+use maasbox_types::{now_secs, ApiKey, Limits, User};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{Result, StoreError};
 
 const COLUMNS: &str =
-    "k.id, k.user_id, u.username, k.name, k.allowed_models, k.expires_at, k.created_at, k.last_used_at";
+    "k.id, k.user_id, u.username, k.name, k.allowed_models, k.expires_at, k.created_at, k.last_used_at, k.limits, k.app";
 
 fn row_to_key(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let models: Option<String> = r.get(4)?;
@@ -19,6 +19,8 @@ fn row_to_key(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
         expires_at: r.get(5)?,
         created_at: r.get(6)?,
         last_used_at: r.get(7)?,
+        limits: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+        app: r.get(9)?,
     })
 }
 
@@ -36,15 +38,29 @@ pub struct NewKey<'a> {
     pub allowed_models: Option<&'a [String]>,
     /// Expiry.
     pub expires_at: Option<i64>,
+    /// Quotas of the key.
+    pub limits: Limits,
+    /// The app the key is scoped to.
+    pub app: Option<&'a str>,
 }
 
 /// Insert a key.
 pub fn create(conn: &Connection, k: &NewKey<'_>) -> Result<ApiKey> {
     let models = k.allowed_models.map(|m| serde_json::to_string(m).unwrap_or_default());
     conn.execute(
-        "INSERT INTO api_keys (id, user_id, name, secret_mac, allowed_models, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![k.id, k.user_id, k.name, k.secret_mac, models, k.expires_at, now_secs()],
+        "INSERT INTO api_keys (id, user_id, name, secret_mac, allowed_models, expires_at, created_at, limits, app)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            k.id,
+            k.user_id,
+            k.name,
+            k.secret_mac,
+            models,
+            k.expires_at,
+            now_secs(),
+            serde_json::to_string(&k.limits).unwrap_or_default(),
+            k.app
+        ],
     )?;
     get(conn, k.id)
 }
@@ -67,6 +83,37 @@ pub fn list(conn: &Connection, user_id: Option<i64>) -> Result<Vec<ApiKey>> {
     ))?;
     let rows = st.query_map([user_id], row_to_key)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// A change to a key; `None` fields stay as they are.
+#[derive(Default)]
+pub struct KeyPatch {
+    /// New label.
+    pub name: Option<String>,
+    /// New quotas (replacing the old ones).
+    pub limits: Option<Limits>,
+    /// New model allow-list (`Some(None)` = all models).
+    pub allowed_models: Option<Option<Vec<String>>>,
+}
+
+/// Apply `patch`; returns the key before and after.
+pub fn update(conn: &Connection, id: &str, patch: &KeyPatch) -> Result<(ApiKey, ApiKey)> {
+    let before = get(conn, id)?;
+    let models =
+        patch.allowed_models.as_ref().map(|m| m.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default()));
+    conn.execute(
+        "UPDATE api_keys SET name = COALESCE(?2, name), limits = COALESCE(?3, limits),
+                             allowed_models = CASE WHEN ?4 THEN ?5 ELSE allowed_models END
+         WHERE id = ?1",
+        params![
+            id,
+            patch.name,
+            patch.limits.map(|l| serde_json::to_string(&l).unwrap_or_default()),
+            models.is_some(),
+            models.flatten()
+        ],
+    )?;
+    Ok((before, get(conn, id)?))
 }
 
 /// Revoke a key.
@@ -94,7 +141,7 @@ pub fn auth_lookup(conn: &Connection, id: &str) -> Result<Option<KeyAuth>> {
             "SELECT {COLUMNS}, k.secret_mac FROM api_keys k JOIN users u ON u.id = k.user_id
              WHERE k.id = ?1 AND k.revoked_at IS NULL"
         ))?
-        .query_row([id], |r| Ok((row_to_key(r)?, r.get::<_, Vec<u8>>(8)?)))
+        .query_row([id], |r| Ok((row_to_key(r)?, r.get::<_, Vec<u8>>(10)?)))
         .optional()?;
     match found {
         Some((key, secret_mac)) => {

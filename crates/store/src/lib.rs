@@ -13,17 +13,20 @@ use std::sync::Arc;
 
 use maasbox_crypto::Sm2KeyPair;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 
+pub mod apps;
 pub mod audit;
 pub mod keys;
 mod migrations;
 pub mod models;
 pub mod sessions;
+pub mod usage;
 pub mod users;
 mod writer;
 
 pub use migrations::SCHEMA_VERSION;
+pub use rusqlite::Connection;
 pub use writer::WriteOutcome;
 
 /// Errors from the store.

@@ -98,6 +98,58 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX models_blob ON models(blob);
     "#,
+    // 3: the gateway — quotas, usage metering, model visibility, apps.
+    r#"
+    ALTER TABLE users ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE api_keys ADD COLUMN app TEXT;
+    ALTER TABLE models ADD COLUMN visibility TEXT NOT NULL DEFAULT '{"scope":"all"}';
+
+    CREATE TABLE usage (
+        id                INTEGER PRIMARY KEY,
+        ts_ms             INTEGER NOT NULL,
+        day               TEXT NOT NULL,
+        user_id           INTEGER,
+        username          TEXT NOT NULL,
+        key_id            TEXT,
+        model             TEXT NOT NULL,
+        app               TEXT,
+        endpoint          TEXT NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        latency_ms        INTEGER NOT NULL,
+        status            INTEGER NOT NULL
+    );
+    CREATE INDEX usage_ts ON usage(ts_ms);
+    CREATE INDEX usage_user_ts ON usage(user_id, ts_ms);
+
+    CREATE TABLE usage_daily (
+        day               TEXT NOT NULL,
+        user_id           INTEGER NOT NULL,
+        username          TEXT NOT NULL,
+        key_id            TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        app               TEXT NOT NULL,
+        requests          INTEGER NOT NULL,
+        errors            INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        latency_ms_sum    INTEGER NOT NULL,
+        PRIMARY KEY (day, user_id, key_id, model, app)
+    );
+
+    CREATE TABLE apps (
+        name            TEXT PRIMARY KEY,
+        description     TEXT NOT NULL,
+        model           TEXT NOT NULL,
+        system_prompt   TEXT NOT NULL,
+        params          TEXT NOT NULL,
+        knowledge_bases TEXT NOT NULL,
+        created_by      TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,6 @@
 //! The model registry: `name:tag` → content-addressed blob, with the GGUF metadata.
 
-use maasbox_types::{now_secs, ModelRecord};
+use maasbox_types::{now_secs, ModelRecord, Visibility};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{conflict_on_unique, Result, StoreError};
@@ -19,10 +19,11 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ModelRecord> {
         source: r.get(5)?,
         created_by: r.get(6)?,
         created_at: r.get(7)?,
+        visibility: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
     })
 }
 
-const COLUMNS: &str = "name, tag, blob, size, info, source, created_by, created_at";
+const COLUMNS: &str = "name, tag, blob, size, info, source, created_by, created_at, visibility";
 
 /// Split `name[:tag]` (tag defaults to `latest`) and validate both parts.
 pub fn parse_ref(s: &str) -> Result<(String, String)> {
@@ -47,8 +48,18 @@ pub fn parse_ref(s: &str) -> Result<(String, String)> {
 /// Record a model. Fails with a conflict when `name:tag` exists.
 pub fn insert(conn: &Connection, m: &ModelRecord) -> Result<ModelRecord> {
     conn.execute(
-        &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        params![m.name, m.tag, m.sha256, m.size, m.info.to_string(), m.source, m.created_by, now_secs()],
+        &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            m.name,
+            m.tag,
+            m.sha256,
+            m.size,
+            m.info.to_string(),
+            m.source,
+            m.created_by,
+            now_secs(),
+            serde_json::to_string(&m.visibility).unwrap_or_default()
+        ],
     )
     .map_err(|e| conflict_on_unique(e, format!("a model named '{}:{}' already exists", m.name, m.tag)))?;
     get(conn, &m.name, &m.tag)
@@ -75,4 +86,14 @@ pub fn delete(conn: &Connection, name: &str, tag: &str) -> Result<(ModelRecord, 
     conn.execute("DELETE FROM models WHERE name = ?1 AND tag = ?2", [name, tag])?;
     let refs: i64 = conn.query_row("SELECT COUNT(*) FROM models WHERE blob = ?1", [&m.sha256], |r| r.get(0))?;
     Ok((m, refs == 0))
+}
+
+/// Set who may see `name:tag`; returns the record before and after.
+pub fn set_visibility(conn: &Connection, name: &str, tag: &str, v: &Visibility) -> Result<(ModelRecord, ModelRecord)> {
+    let before = get(conn, name, tag)?;
+    conn.execute(
+        "UPDATE models SET visibility = ?3 WHERE name = ?1 AND tag = ?2",
+        params![name, tag, serde_json::to_string(v).unwrap_or_default()],
+    )?;
+    Ok((before, get(conn, name, tag)?))
 }

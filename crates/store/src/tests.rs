@@ -271,3 +271,71 @@ fn export_verifies_offline_and_detects_tampering() {
     assert!(!audit::verify_export(&jsonl, &m2, Some(&pk)).valid, "manifest edit breaks its signature");
     assert!(!audit::verify_export(&jsonl, &m, Some(&Sm2KeyPair::generate().public_key())).valid);
 }
+
+#[test]
+fn usage_rollup_matches_rows_and_rebuilds_quota_counters() {
+    use crate::usage::{self, GroupBy, UsageRow};
+    let f = fixture(0, 100);
+    let store = Store::open(&f.path, f.key.clone(), StoreOptions::default()).unwrap();
+    // 2026-11-30 23:59:30 UTC and 30 s later, in December.
+    let nov = 1_796_083_170_000;
+    let dec = nov + 30_000;
+    assert_eq!((usage::day_of(nov).as_str(), usage::day_of(dec).as_str()), ("2026-11-30", "2026-12-01"));
+    assert_eq!(usage::secs_to_next_day(nov), 30);
+    assert_eq!(usage::secs_to_next_month(nov), 30);
+    assert_eq!(usage::month_of(dec), "2026-12-01");
+    let row = |ts_ms, user: Option<i64>, key: Option<&str>, model: &str, p, c, status| UsageRow {
+        ts_ms,
+        user_id: user,
+        username: user.map_or("owner".into(), |u| format!("u{u}")),
+        key_id: key.map(str::to_owned),
+        model: model.into(),
+        app: None,
+        endpoint: "chat",
+        prompt_tokens: p,
+        completion_tokens: c,
+        latency_ms: 100,
+        status,
+    };
+    let rows = vec![
+        row(nov, Some(1), Some("k1"), "a:latest", 10, 5, 200),
+        row(dec, Some(1), Some("k1"), "a:latest", 20, 7, 200),
+        row(dec + 1, Some(1), None, "b:latest", 3, 0, 429),
+        row(dec + 2, Some(2), None, "a:latest", 1, 1, 499),
+        row(dec + 3, None, None, "a:latest", 4, 4, 200),
+    ];
+    store
+        .write_blocking(move |c| {
+            for r in &rows {
+                usage::record(c, r)?;
+            }
+            Ok(WriteOutcome::unaudited(()))
+        })
+        .unwrap();
+    let report = |by, from: &str, to: &str, user| {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        store.read_blocking(move |c| usage::report(c, by, &from, &to, user)).unwrap()
+    };
+    let by_day = report(GroupBy::Day, "2026-11-01", "2026-12-31", None);
+    assert_eq!(
+        by_day.iter().map(|g| (g.group.as_str(), g.requests, g.total_tokens)).collect::<Vec<_>>(),
+        [("2026-11-30", 1, 15), ("2026-12-01", 4, 40)]
+    );
+    let by_model = report(GroupBy::Model, "2026-12-01", "2026-12-01", Some(1));
+    assert_eq!(
+        by_model.iter().map(|g| (g.group.as_str(), g.requests, g.errors)).collect::<Vec<_>>(),
+        [("a:latest", 1, 0), ("b:latest", 1, 1)]
+    );
+    assert!(store.read_blocking(|c| usage::report(c, GroupBy::User, "yesterday", "2026-12-01", None)).is_err());
+
+    // Counters as of a moment in December: November's tokens are in neither the day nor the month.
+    let counters = store.read_blocking(move |c| usage::counters(c, dec + 10_000)).unwrap();
+    let user1 = counters.users.iter().find(|(u, _)| *u == 1).unwrap();
+    assert_eq!((user1.1.day, user1.1.month), (30, 30));
+    let k1 = counters.keys.iter().find(|(k, _)| k == "k1").unwrap();
+    assert_eq!(k1.1.day, 27);
+    assert!(counters.users.iter().any(|(u, s)| *u == 0 && s.day == 8), "the owner token is user 0");
+    // The 429 is not a started request; the others of the last minute are.
+    assert_eq!(counters.recent.len(), 4);
+    store.shutdown();
+}

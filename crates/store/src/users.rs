@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::{conflict_on_unique, Result, StoreError};
 
 const COLUMNS: &str =
-    "id, username, display_name, role, status, must_change_password, created_at, updated_at, last_login_at";
+    "id, username, display_name, role, status, must_change_password, created_at, updated_at, last_login_at, limits";
 
 fn row_to_user(r: &Row<'_>) -> rusqlite::Result<User> {
     let role: String = r.get(3)?;
@@ -23,6 +23,7 @@ fn row_to_user(r: &Row<'_>) -> rusqlite::Result<User> {
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
         last_login_at: r.get(8)?,
+        limits: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
     })
 }
 
@@ -92,7 +93,7 @@ pub fn by_name(conn: &Connection, username: &str) -> Result<User> {
 pub fn credentials(conn: &Connection, username: &str) -> Result<Option<(User, String)>> {
     Ok(conn
         .prepare_cached(&format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"))?
-        .query_row([username], |r| Ok((row_to_user(r)?, r.get(9)?)))
+        .query_row([username], |r| Ok((row_to_user(r)?, r.get(10)?)))
         .optional()?)
 }
 
@@ -125,6 +126,8 @@ pub struct UserPatch {
     pub role: Option<Role>,
     /// New status.
     pub status: Option<UserStatus>,
+    /// New quotas (replacing the old ones).
+    pub limits: Option<maasbox_types::Limits>,
 }
 
 /// Apply `patch`. Refuses to demote or disable the last active admin. Disabling a user revokes
@@ -140,8 +143,16 @@ pub fn update(conn: &Connection, id: i64, patch: &UserPatch) -> Result<(User, Us
     let now = now_secs();
     conn.execute(
         "UPDATE users SET display_name = COALESCE(?2, display_name), role = COALESCE(?3, role),
-                          status = COALESCE(?4, status), updated_at = ?5 WHERE id = ?1",
-        params![id, patch.display_name, patch.role.map(Role::as_str), patch.status.map(UserStatus::as_str), now],
+                          status = COALESCE(?4, status), updated_at = ?5, limits = COALESCE(?6, limits)
+         WHERE id = ?1",
+        params![
+            id,
+            patch.display_name,
+            patch.role.map(Role::as_str),
+            patch.status.map(UserStatus::as_str),
+            now,
+            patch.limits.map(|l| serde_json::to_string(&l).unwrap_or_default())
+        ],
     )?;
     if patch.status == Some(UserStatus::Disabled) {
         crate::sessions::revoke_all_for_user(conn, id)?;

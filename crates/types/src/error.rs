@@ -86,6 +86,8 @@ error_codes! {
     LastAdmin => (409, "invalid_request_error", "last_admin");
     /// Too many requests or failed attempts; see `Retry-After`.
     RateLimited => (429, "requests", "rate_limit_exceeded");
+    /// A token quota (per day or month) is used up; see `Retry-After`.
+    InsufficientQuota => (429, "insufficient_quota", "insufficient_quota");
     /// The request took longer than the configured timeout.
     Timeout => (408, "invalid_request_error", "request_timeout");
     /// Something failed inside the server; details are in its log, not in the response.

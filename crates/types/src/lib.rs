@@ -58,7 +58,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Developer => matches!(p, OwnKeys | Inference | ModelsImport | KnowledgeCreate),
+            Role::Developer => matches!(p, OwnKeys | Inference | ModelsImport | KnowledgeCreate | AppsManage),
             Role::User => matches!(p, OwnKeys | Inference),
             Role::Auditor => matches!(p, AuditRead | AuditVerify | AuditExport | UsersRead | UsageRead),
         }
@@ -92,6 +92,10 @@ pub enum Permission {
     UsageRead,
     /// Change appliance settings.
     Settings,
+    /// Decide who may see which model.
+    ModelsManage,
+    /// Create, change and delete apps.
+    AppsManage,
 }
 
 /// Whether an account may sign in.
@@ -135,6 +139,9 @@ pub struct User {
     pub updated_at: UnixSeconds,
     /// Last successful login (Unix seconds).
     pub last_login_at: Option<UnixSeconds>,
+    /// Quotas set for this user; unset fields take `[quotas]` from the configuration.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// An API key's public description (the secret is shown once at creation and never stored).
@@ -156,6 +163,48 @@ pub struct ApiKey {
     pub created_at: UnixSeconds,
     /// Last time the key authenticated a request (updated in the background, ~10 s lag).
     pub last_used_at: Option<UnixSeconds>,
+    /// Quotas of this key, on top of its owner's (the stricter applies).
+    #[serde(default)]
+    pub limits: Limits,
+    /// The one app this key may call (`model: "app:<name>"`); `None` = not scoped to an app.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// Quotas of a user or an API key. `None` = not set here (a user then takes the configured
+/// default, a key adds no limit of its own); `0` = no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests started per rolling minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt + completion) per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// Tokens (prompt + completion) per UTC calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u64>,
+}
+
+impl Limits {
+    /// Fields set here win; unset fields come from `fallback`.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute.or(fallback.requests_per_minute),
+            tokens_per_day: self.tokens_per_day.or(fallback.tokens_per_day),
+            tokens_per_month: self.tokens_per_month.or(fallback.tokens_per_month),
+            concurrent: self.concurrent.or(fallback.concurrent),
+        }
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// A registry entry: `name:tag` pointing at a content-addressed GGUF blob.
@@ -180,6 +229,87 @@ pub struct ModelRecord {
     pub created_by: String,
     /// When (Unix seconds).
     pub created_at: UnixSeconds,
+    /// Who may see and call it.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// Who may see and call a model. Empty (the default) = every user; otherwise users whose role
+/// is listed or whose name is listed. Admins see every model. A caller who may not see a model
+/// gets 404 for it, as if it did not exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Visibility {
+    /// Roles that may use it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+    /// Usernames that may use it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+}
+
+impl Visibility {
+    /// Whether a user with `role` and `username` may see the model.
+    pub fn allows(&self, role: Role, username: &str) -> bool {
+        role == Role::Admin
+            || (self.roles.is_empty() && self.users.is_empty())
+            || self.roles.contains(&role)
+            || self.users.iter().any(|u| u.eq_ignore_ascii_case(username))
+    }
+}
+
+/// Default sampling of an app; a request's own values win.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppParams {
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i32>,
+    /// Min-p sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// Most tokens to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Presence penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+/// An assistant ("app"): a model with a system prompt, default parameters and knowledge
+/// bases, callable as `model: "app:<name>"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    /// Unique name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// The model it runs on (`name:tag`).
+    pub model: String,
+    /// Prepended to every conversation as the system message.
+    pub system_prompt: String,
+    /// Default sampling.
+    pub params: AppParams,
+    /// Knowledge bases it retrieves from.
+    pub knowledge_bases: Vec<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// When (Unix seconds).
+    pub created_at: UnixSeconds,
+    /// Last change.
+    pub updated_at: UnixSeconds,
 }
 
 /// How a caller proved who they are.

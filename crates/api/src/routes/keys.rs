@@ -3,8 +3,8 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use maasbox_store::{keys, users, WriteOutcome};
-use maasbox_types::{now_secs, ApiKey, ErrorCode, Permission, Role, UserStatus};
+use maasbox_store::{apps, keys, users, WriteOutcome};
+use maasbox_types::{now_secs, ApiKey, ErrorCode, Limits, Permission, Role, UserStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_keys, create_key)).routes(routes!(revoke_key))
+    OpenApiRouter::new().routes(routes!(list_keys, create_key)).routes(routes!(update_key, revoke_key))
 }
 
 /// A list of keys.
@@ -54,6 +54,49 @@ pub struct CreateKey {
     /// Expiry in days from now (alternative to `expires_at`).
     #[serde(default)]
     pub expires_in_days: Option<u32>,
+    /// Quotas of this key (the owner's apply as well; the stricter wins). Setting them needs
+    /// the right to manage everyone's keys.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    /// Scope the key to one app: it may only call `model: "app:<name>"`.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// `PATCH /api/v1/keys/{id}`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// New label.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New quotas, replacing the old ones (admins only: a user must not lift their own key's
+    /// limits).
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    /// New model allow-list; an empty list is refused (revoke the key instead).
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
+}
+
+fn check_name(name: &str) -> ApiResult<String> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(ApiError::field("name", "name must be 1-128 characters"));
+    }
+    Ok(name)
+}
+
+fn check_models(models: &Option<Vec<String>>) -> ApiResult<()> {
+    if let Some(models) = models {
+        if models.is_empty() || models.len() > 256 || models.iter().any(|m| m.trim().is_empty() || m.len() > 256) {
+            return Err(ApiError::field(
+                "allowed_models",
+                "allowed_models must be a list of 1 to 256 non-empty model names",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A created key: the only response that ever contains the secret.
@@ -95,18 +138,13 @@ async fn create_key(
     } else {
         p.authorize(&st, Permission::OwnKeys, "key.create").await?;
     }
-    let name = req.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(ApiError::field("name", "name must be 1-128 characters"));
+    if req.limits.is_some() && !for_other {
+        // A user may lower their own key's limits only through an admin; otherwise a user could
+        // mint unlimited keys beside a limited one. Keys still obey the owner's own limits.
+        p.authorize(&st, Permission::KeysManageAll, "key.create").await?;
     }
-    if let Some(models) = &req.allowed_models {
-        if models.len() > 256 || models.iter().any(|m| m.trim().is_empty() || m.len() > 256) {
-            return Err(ApiError::field(
-                "allowed_models",
-                "allowed_models must be a list of up to 256 non-empty model names",
-            ));
-        }
-    }
+    let name = check_name(&req.name)?;
+    check_models(&req.allowed_models)?;
     let expires_at = match (req.expires_at, req.expires_in_days) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field("expires_at", "give expires_at or expires_in_days, not both"))
@@ -136,9 +174,10 @@ async fn create_key(
     let ev = p.event(
         "key.create",
         format!("key:{id}"),
-        json!({"name": name, "owner_id": owner_id, "allowed_models": req.allowed_models, "expires_at": expires_at}),
+        json!({"name": name, "owner_id": owner_id, "allowed_models": req.allowed_models, "expires_at": expires_at,
+               "limits": req.limits, "app": req.app}),
     );
-    let (kid, models) = (id.clone(), req.allowed_models);
+    let (kid, models, limits, app) = (id.clone(), req.allowed_models, req.limits.unwrap_or_default(), req.app);
     let key = st
         .store()
         .write(move |c| {
@@ -149,6 +188,10 @@ async fn create_key(
             if owner.role == Role::Auditor {
                 return Err(maasbox_store::StoreError::Invalid("auditors cannot hold API keys".into()));
             }
+            if let Some(a) = &app {
+                apps::get(c, a)
+                    .map_err(|_| maasbox_store::StoreError::Invalid(format!("there is no app named '{a}'")))?;
+            }
             let k = keys::create(
                 c,
                 &keys::NewKey {
@@ -158,6 +201,8 @@ async fn create_key(
                     secret_mac: &mac,
                     allowed_models: models.as_deref(),
                     expires_at,
+                    limits,
+                    app: app.as_deref(),
                 },
             )?;
             let mut ev = ev;
@@ -166,6 +211,50 @@ async fn create_key(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(CreatedKey { key, secret: format!("mbx_{id}_{secret}") })))
+}
+
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateKey,
+    responses((status = 200, body = ApiKey), (status = 404, body = crate::error::ErrorBody)))]
+async fn update_key(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateKey>,
+) -> ApiResult<Json<ApiKey>> {
+    let kid = id.clone();
+    let key = st.store().read(move |c| keys::get(c, &kid)).await?;
+    let own = p.is_user(key.user_id);
+    if !own && !p.role.allows(Permission::KeysManageAll) {
+        // Other users' keys are invisible, not forbidden.
+        return Err(ApiError::not_found("API key"));
+    }
+    let perm = if own && req.limits.is_none() { Permission::OwnKeys } else { Permission::KeysManageAll };
+    p.authorize(&st, perm, "key.update").await?;
+    let name = req.name.as_deref().map(check_name).transpose()?;
+    check_models(&req.allowed_models)?;
+    let patch = keys::KeyPatch { name, limits: req.limits, allowed_models: req.allowed_models.map(Some) };
+    let ev = p.event("key.update", format!("key:{id}"), json!({}));
+    let key = st
+        .store()
+        .write(move |c| {
+            let (before, after) = keys::update(c, &id, &patch)?;
+            let mut ev = ev;
+            let mut changes = serde_json::Map::new();
+            if before.name != after.name {
+                changes.insert("name".into(), json!([before.name, after.name]));
+            }
+            if before.limits != after.limits {
+                changes.insert("limits".into(), json!([before.limits, after.limits]));
+            }
+            if before.allowed_models != after.allowed_models {
+                changes.insert("allowed_models".into(), json!([before.allowed_models, after.allowed_models]));
+            }
+            ev.details = json!({"owner": after.username, "changes": changes});
+            Ok(WriteOutcome::audited(after, ev))
+        })
+        .await?;
+    st.0.auth_cache.clear();
+    Ok(Json(key))
 }
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path)),

@@ -1,9 +1,12 @@
 //! Route modules; each exports `router()` for its part of `/api/v1`.
 
+pub(crate) mod apps;
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub(crate) mod gateway;
 pub(crate) mod keys;
 pub(crate) mod models;
 pub(crate) mod openai;
 pub(crate) mod system;
+pub(crate) mod usage;
 pub(crate) mod users;

@@ -9,8 +9,8 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use maasbox_engine::{KeepAlive, LoadedModel, ModelSpec, RunningModel};
-use maasbox_store::{models, WriteOutcome};
-use maasbox_types::{ErrorCode, ModelRecord, Permission};
+use maasbox_store::{models, users, WriteOutcome};
+use maasbox_types::{ErrorCode, ModelRecord, Permission, Visibility};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,12 +20,13 @@ use utoipa_axum::routes;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::routes::gateway::sees;
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_models, import_model))
-        .routes(routes!(get_model, delete_model))
+        .routes(routes!(get_model, update_model, delete_model))
         .routes(routes!(load_model))
         .routes(routes!(unload_model))
         .routes(routes!(running))
@@ -208,7 +209,7 @@ async fn list_models(State(st): State<AppState>, p: Principal) -> ApiResult<Json
     let recs = st.store().read(models::list).await?;
     let data = recs
         .into_iter()
-        .filter(|r| p.may_use_model(&r.id))
+        .filter(|r| p.may_use_model(&r.id) && sees(&p, &r.visibility))
         .map(|r| ModelView { loaded: st.engine().get(&r.id).is_some(), record: r })
         .collect();
     Ok(Json(ModelList { data }))
@@ -224,9 +225,51 @@ async fn get_model(
     p.authorize(&st, Permission::Inference, "model.read").await?;
     let (n, t) = resolve(&name)?;
     let rec = st.store().read(move |c| models::get(c, &n, &t)).await?;
-    if !p.may_use_model(&rec.id) {
+    if !p.may_use_model(&rec.id) || !sees(&p, &rec.visibility) {
         return Err(ApiError::not_found("model"));
     }
+    Ok(Json(ModelView { loaded: st.engine().get(&rec.id).is_some(), record: rec }))
+}
+
+/// `PATCH /api/v1/models/{name}`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModel {
+    /// Who may see and call the model: `{}` = everyone, or `{"roles": [...], "users": [...]}`.
+    pub visibility: Visibility,
+}
+
+#[utoipa::path(patch, path = "/api/v1/models/{name}", tag = "models", security(("bearer" = [])), params(("name" = String, Path)), request_body = UpdateModel,
+    responses((status = 200, body = ModelView), (status = 404, body = crate::error::ErrorBody)))]
+async fn update_model(
+    State(st): State<AppState>,
+    p: Principal,
+    UrlPath(name): UrlPath<String>,
+    ApiJson(req): ApiJson<UpdateModel>,
+) -> ApiResult<Json<ModelView>> {
+    p.authorize(&st, Permission::ModelsManage, "model.update").await?;
+    let (n, t) = resolve(&name)?;
+    let mut v = req.visibility;
+    if v.users.len() > 1024 || v.roles.len() > 8 {
+        return Err(ApiError::field("visibility", "at most 1024 users and 8 roles"));
+    }
+    v.users.sort_by_key(|u| u.to_lowercase());
+    v.users.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    v.roles.dedup();
+    let ev = p.event("model.update", format!("model:{n}:{t}"), json!({}));
+    let rec = st
+        .store()
+        .write(move |c| {
+            for u in &v.users {
+                users::by_name(c, u)
+                    .map_err(|_| maasbox_store::StoreError::Invalid(format!("there is no user named '{u}'")))?;
+            }
+            let (before, after) = models::set_visibility(c, &n, &t, &v)?;
+            let mut ev = ev;
+            ev.details = json!({"visibility": [before.visibility, after.visibility]});
+            Ok(WriteOutcome::audited(after, ev))
+        })
+        .await?;
     Ok(Json(ModelView { loaded: st.engine().get(&rec.id).is_some(), record: rec }))
 }
 
@@ -296,6 +339,7 @@ async fn import_model(
         let _ = std::fs::remove_file(&tmp);
     }
     let rec = ModelRecord {
+        visibility: Default::default(),
         id: format!("{name}:{tag}"),
         name,
         tag,

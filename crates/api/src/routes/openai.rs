@@ -17,8 +17,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use maasbox_engine::{ChatMessage, FinishReason, GenEvent, LoadedModel, SamplingParams, Usage};
-use maasbox_store::models;
-use maasbox_types::{now_secs, ErrorCode, Permission};
+use maasbox_store::{apps, models};
+use maasbox_types::{now_millis, now_secs, AppParams, ErrorCode, Permission};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -26,6 +26,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::quota::Permit;
+use crate::routes::gateway::{self, Endpoint, Finished, Target};
 use crate::routes::models::{ensure_loaded, parse_keep_alive};
 use crate::state::AppState;
 
@@ -291,35 +293,53 @@ fn common_params(c: &Common) -> ApiResult<(SamplingParams, Vec<String>, Option<u
     Ok((p, stop, max))
 }
 
-/// Check access to `model` and load it. A model the caller may not use is reported as
-/// missing, so names do not leak.
-async fn model_for(
-    st: &AppState,
-    p: &Principal,
-    model: &str,
-    action: &str,
-    keep_alive: Option<&Value>,
-) -> ApiResult<Arc<LoadedModel>> {
-    p.authorize(st, Permission::Inference, action).await?;
-    let keep = keep_alive.map(parse_keep_alive).transpose()?;
-    let (name, tag) = models::parse_ref(model).map_err(|e| ApiError::field("model", e.to_string()))?;
-    let id = format!("{name}:{tag}");
-    if !p.may_use_model(&id) {
-        return Err(
-            ApiError::new(ErrorCode::ModelNotFound, format!("the model '{model}' does not exist")).param("model")
-        );
+/// Fill the fields a request leaves out from its app's defaults.
+fn apply_app_params(c: &mut Common, a: &AppParams) {
+    c.temperature = c.temperature.or(a.temperature);
+    c.top_p = c.top_p.or(a.top_p);
+    c.top_k = c.top_k.or(a.top_k);
+    c.min_p = c.min_p.or(a.min_p);
+    if c.max_tokens.is_none() && c.max_completion_tokens.is_none() {
+        c.max_tokens = a.max_tokens;
     }
-    ensure_loaded(st, &id, keep).await
+    c.presence_penalty = c.presence_penalty.or(a.presence_penalty);
+    c.frequency_penalty = c.frequency_penalty.or(a.frequency_penalty);
+    if c.stop.is_none() && !a.stop.is_empty() {
+        c.stop = Some(StringOrList::Many(a.stop.clone()));
+    }
 }
 
+/// Check an app's default parameters as if a request had sent them.
+pub(crate) fn validate_app_params(a: &AppParams) -> ApiResult<()> {
+    let mut c = Common::default();
+    apply_app_params(&mut c, a);
+    common_params(&c).map(|_| ()).map_err(|e| {
+        let param = e.param.as_deref().map_or("params".to_owned(), |f| format!("params.{f}"));
+        e.param(param)
+    })
+}
+
+/// `/v1/models`: the models and apps the caller may use (hidden ones are simply absent).
 async fn list_models(State(st): State<AppState>, p: Principal) -> ApiResult<Json<Value>> {
     p.authorize(&st, Permission::Inference, "model.list").await?;
-    let recs = st.store().read(models::list).await?;
-    let data: Vec<Value> = recs
-        .into_iter()
-        .filter(|r| p.may_use_model(&r.id))
-        .map(|r| json!({"id": r.id, "object": "model", "created": r.created_at, "owned_by": "maasbox"}))
-        .collect();
+    let (recs, all_apps) = st.store().read(|c| Ok((models::list(c)?, apps::list(c)?))).await?;
+    let usable: Vec<_> = recs.into_iter().filter(|r| gateway::sees(&p, &r.visibility)).collect();
+    let mut data: Vec<Value> = Vec::new();
+    if p.key_app.is_none() {
+        data.extend(
+            usable
+                .iter()
+                .filter(|r| p.may_use_model(&r.id))
+                .map(|r| json!({"id": r.id, "object": "model", "created": r.created_at, "owned_by": "maasbox"})),
+        );
+    }
+    for a in all_apps {
+        let id = format!("app:{}", a.name);
+        let model_ok = usable.iter().any(|r| r.id == a.model && (p.may_use_model(&r.id) || p.may_use_model(&id)));
+        if model_ok && p.key_app.as_deref().is_none_or(|k| k == a.name) {
+            data.push(json!({"id": id, "object": "model", "created": a.created_at, "owned_by": a.created_by}));
+        }
+    }
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -367,7 +387,7 @@ struct Prepared {
     include_usage: bool,
 }
 
-fn budget(st: &AppState, model: &LoadedModel, prompt_len: usize, max: Option<usize>) -> ApiResult<usize> {
+fn budget(st: &AppState, model: &LoadedModel, prompt_len: usize, max: Option<usize>, quota: u64) -> ApiResult<usize> {
     let n_ctx = model.info().n_ctx as usize;
     if prompt_len + 1 > n_ctx {
         return Err(ApiError::new(
@@ -380,12 +400,23 @@ fn budget(st: &AppState, model: &LoadedModel, prompt_len: usize, max: Option<usi
         .param("messages"));
     }
     let room = n_ctx - prompt_len;
-    Ok(max.unwrap_or(st.config().engine.default_max_tokens).min(room))
+    Ok(max.unwrap_or(st.config().engine.default_max_tokens).min(room).min(quota.max(1) as usize))
+}
+
+/// Load the target's model.
+async fn load(st: &AppState, target: &Target, keep_alive: Option<&Value>) -> ApiResult<Arc<LoadedModel>> {
+    let keep = keep_alive.map(parse_keep_alive).transpose()?;
+    ensure_loaded(st, &target.model, keep).await
 }
 
 async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<ChatRequest>) -> ApiResult<Response> {
-    let t0 = Instant::now();
-    let (mut params, stop, max) = common_params(&req.common)?;
+    let started = (now_millis(), Instant::now());
+    let target = gateway::resolve(&st, &p, &req.model, Endpoint::Chat.action()).await?;
+    let mut common = req.common;
+    if let Some(app) = &target.app {
+        apply_app_params(&mut common, &app.params);
+    }
+    let (mut params, stop, max) = common_params(&common)?;
     if let Some(rf) = &req.response_format {
         params.grammar = match rf.kind.as_str() {
             "text" => None,
@@ -401,14 +432,57 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<Ch
             }
         };
     }
-    let msgs = messages(&req.messages)?;
-    let model = model_for(&st, &p, &req.model, "inference.chat", req.common.keep_alive.as_ref()).await?;
+    let mut msgs = messages(&req.messages)?;
+    if let Some(app) = target.app.as_ref().filter(|a| !a.system_prompt.is_empty()) {
+        msgs.insert(0, ChatMessage { role: "system".into(), content: app.system_prompt.clone() });
+    }
+    if common.keep_alive.is_some() {
+        parse_keep_alive(common.keep_alive.as_ref().unwrap_or(&Value::Null))?;
+    }
+    let reserve = max.unwrap_or(st.config().engine.default_max_tokens) as u64;
+    let permit = gateway::admit(&st, &p, Endpoint::Chat, &target, reserve).await?;
+    let model = load(&st, &target, common.keep_alive.as_ref()).await?;
     let m2 = model.clone();
     let prompt = tokio::task::spawn_blocking(move || m2.tokenize_chat(&msgs))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()).param("messages"))?;
-    let max_tokens = budget(&st, &model, prompt.len(), max)?;
+    let max_tokens = budget(&st, &model, prompt.len(), max, permit.allowed_tokens())?;
+    let prep = Prepared {
+        model,
+        prompt,
+        params,
+        stop,
+        max_tokens,
+        stream: common.stream.unwrap_or(false),
+        include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    };
+    run(st, p, prep, Metered { endpoint: Endpoint::Chat, target, permit, started }).await
+}
+
+async fn completions(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> ApiResult<Response> {
+    let started = (now_millis(), Instant::now());
+    let target = gateway::resolve(&st, &p, &req.model, Endpoint::Completion.action()).await?;
+    let (params, stop, max) = common_params(&req.common)?;
+    let prompts = req.prompt.into_vec();
+    if prompts.len() != 1 {
+        return Err(unsupported("prompt", "send one prompt per request"));
+    }
+    if let Some(k) = &req.common.keep_alive {
+        parse_keep_alive(k)?;
+    }
+    let permit = gateway::admit(&st, &p, Endpoint::Completion, &target, max.unwrap_or(16) as u64).await?;
+    let model = load(&st, &target, req.common.keep_alive.as_ref()).await?;
+    let prompt = model.tokenize(&prompts[0]);
+    if prompt.is_empty() {
+        return Err(ApiError::field("prompt", "prompt must not be empty"));
+    }
+    let max_tokens = budget(&st, &model, prompt.len(), Some(max.unwrap_or(16)), permit.allowed_tokens())
+        .map_err(|e| e.param("prompt"))?;
     let prep = Prepared {
         model,
         prompt,
@@ -418,36 +492,7 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<Ch
         stream: req.common.stream.unwrap_or(false),
         include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
     };
-    run(st, p, prep, Kind::Chat, t0).await
-}
-
-async fn completions(
-    State(st): State<AppState>,
-    p: Principal,
-    ApiJson(req): ApiJson<CompletionRequest>,
-) -> ApiResult<Response> {
-    let t0 = Instant::now();
-    let (params, stop, max) = common_params(&req.common)?;
-    let prompts = req.prompt.into_vec();
-    if prompts.len() != 1 {
-        return Err(unsupported("prompt", "send one prompt per request"));
-    }
-    let model = model_for(&st, &p, &req.model, "inference.completion", req.common.keep_alive.as_ref()).await?;
-    let prompt = model.tokenize(&prompts[0]);
-    if prompt.is_empty() {
-        return Err(ApiError::field("prompt", "prompt must not be empty"));
-    }
-    let max_tokens = budget(&st, &model, prompt.len(), max).map_err(|e| e.param("prompt"))?;
-    let prep = Prepared {
-        model,
-        prompt,
-        params,
-        stop,
-        max_tokens: max.map_or(max_tokens.min(16), |_| max_tokens),
-        stream: req.common.stream.unwrap_or(false),
-        include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
-    };
-    run(st, p, prep, Kind::Completion, t0).await
+    run(st, p, prep, Metered { endpoint: Endpoint::Completion, target, permit, started }).await
 }
 
 fn json_grammar(schema: &Value) -> ApiResult<String> {
@@ -455,19 +500,13 @@ fn json_grammar(schema: &Value) -> ApiResult<String> {
         .map_err(|e| ApiError::field("response_format", e.to_string()))
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Chat,
-    Completion,
-}
-
-impl Kind {
-    fn action(self) -> &'static str {
-        match self {
-            Kind::Chat => "inference.chat",
-            Kind::Completion => "inference.completion",
-        }
-    }
+/// An admitted request on its way through the engine.
+struct Metered {
+    endpoint: Endpoint,
+    target: Target,
+    permit: Permit,
+    /// Start as wall-clock ms (the usage row) and as an instant (latency).
+    started: (i64, Instant),
 }
 
 fn usage_json(u: &Usage) -> Value {
@@ -490,40 +529,40 @@ struct Outcome {
     ttft_ms: f64,
 }
 
-async fn audit_inference(
-    st: &AppState,
-    p: &Principal,
-    kind: Kind,
-    model: &str,
-    o: &Outcome,
-    t0: Instant,
-    stream: bool,
-) -> ApiResult<()> {
-    let mut ev = p.event(
-        kind.action(),
-        format!("model:{model}"),
-        json!({
-            "model": model,
-            "prompt_tokens": o.usage.prompt_tokens,
-            "completion_tokens": o.usage.completion_tokens,
-            "latency_ms": (t0.elapsed().as_secs_f64() * 1000.0).round(),
-            "ttft_ms": o.ttft_ms.round(),
-            "finish_reason": o.finish,
-            "stream": stream,
-        }),
-    );
-    if o.cancelled {
-        ev = ev.failed("client_disconnected");
-    } else if let Some(e) = &o.error {
-        ev = ev.failed(if o.overloaded { "engine_overloaded" } else { "engine_error" });
-        ev.details["error"] = e.clone().into();
+/// Meter and audit a finished request (see [`gateway::finish`]).
+async fn finish(st: &AppState, p: &Principal, m: Metered, o: &Outcome, stream: bool) -> ApiResult<()> {
+    let (status, failure) = if o.cancelled {
+        (499, Some("client_disconnected"))
+    } else if o.error.is_some() {
+        if o.overloaded {
+            (503, Some("engine_overloaded"))
+        } else {
+            (500, Some("engine_error"))
+        }
+    } else {
+        (200, None)
+    };
+    let mut details = json!({"finish_reason": o.finish, "stream": stream});
+    if m.endpoint != Endpoint::Embeddings {
+        details["ttft_ms"] = json!(o.ttft_ms.round());
     }
-    crate::auth::audit_only(st, ev).await
+    if let Some(e) = &o.error {
+        details["error"] = json!(e);
+    }
+    let f = Finished {
+        prompt_tokens: o.usage.prompt_tokens,
+        completion_tokens: o.usage.completion_tokens,
+        status,
+        failure,
+        details,
+    };
+    gateway::finish(st, p, m.endpoint, &m.target, m.permit, m.started, f).await
 }
 
-async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant) -> ApiResult<Response> {
+async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> ApiResult<Response> {
+    let kind = metered.endpoint;
     let model_name = prep.model.info().name.clone();
-    let id = format!("{}-{}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, maasbox_crypto::random_hex(12));
+    let id = format!("{}-{}", if kind == Endpoint::Chat { "chatcmpl" } else { "cmpl" }, maasbox_crypto::random_hex(12));
     let created = now_secs();
     let prompt_len = prep.prompt.len();
     let mut events = prep
@@ -532,37 +571,56 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
 
     if !prep.stream {
-        let mut text = String::new();
-        let mut out = Outcome { usage: Usage { prompt_tokens: prompt_len, ..Usage::default() }, ..Outcome::default() };
-        while let Some(ev) = events.recv().await {
-            match ev {
-                GenEvent::Text(t) => text.push_str(&t),
-                GenEvent::Done { finish_reason, usage, ttft_ms, .. } => {
-                    out.finish = Some(finish_reason);
-                    out.usage = usage;
-                    out.ttft_ms = ttft_ms;
-                }
-                GenEvent::Error(e) => out.error = Some(e),
-                GenEvent::Overloaded(e) => {
-                    out.error = Some(e);
-                    out.overloaded = true;
+        // The request runs in its own task so that a client who hangs up still gets metered
+        // and audited with what was generated until then; the engine stops at its next step.
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<ApiResult<(String, Outcome)>>();
+        let (st2, p2) = (st.clone(), p.clone());
+        tokio::spawn(async move {
+            let mut done_tx = done_tx;
+            let mut text = String::new();
+            let mut out =
+                Outcome { usage: Usage { prompt_tokens: prompt_len, ..Usage::default() }, ..Outcome::default() };
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = done_tx.closed() => { out.cancelled = true; break; }
+                };
+                match ev {
+                    Some(GenEvent::Text { text: t, tokens }) => {
+                        text.push_str(&t);
+                        out.usage.completion_tokens = tokens;
+                    }
+                    Some(GenEvent::Done { finish_reason, usage, ttft_ms, .. }) => {
+                        out.finish = Some(finish_reason);
+                        out.usage = usage;
+                        out.ttft_ms = ttft_ms;
+                    }
+                    Some(GenEvent::Error(e)) => out.error = Some(e),
+                    Some(GenEvent::Overloaded(e)) => {
+                        out.error = Some(e);
+                        out.overloaded = true;
+                    }
+                    None => break,
                 }
             }
-        }
-        if out.finish.is_none() && out.error.is_none() {
-            out.error = Some("the engine stopped before finishing".into());
-        }
-        audit_inference(&st, &p, kind, &model_name, &out, t0, false).await?;
+            drop(events);
+            if out.finish.is_none() && out.error.is_none() && !out.cancelled {
+                out.error = Some("the engine stopped before finishing".into());
+            }
+            let r = finish(&st2, &p2, metered, &out, false).await.map(|()| (text, out));
+            let _ = done_tx.send(r);
+        });
+        let (text, out) = (&mut done_rx).await.map_err(ApiError::internal)??;
         if let Some(e) = out.error {
             return Err(ApiError::new(if out.overloaded { ErrorCode::Unavailable } else { ErrorCode::Internal }, e));
         }
         let choice = match kind {
-            Kind::Chat => {
+            Endpoint::Chat => {
                 json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": out.finish, "logprobs": null})
             }
-            Kind::Completion => json!({"index": 0, "text": text, "finish_reason": out.finish, "logprobs": null}),
+            _ => json!({"index": 0, "text": text, "finish_reason": out.finish, "logprobs": null}),
         };
-        let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+        let object = if kind == Endpoint::Chat { "chat.completion" } else { "text_completion" };
         return Ok(Json(json!({
             "id": id, "object": object, "created": created, "model": model_name,
             "choices": [choice], "usage": usage_json(&out.usage), "system_fingerprint": null,
@@ -573,11 +631,11 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     let include_usage = prep.include_usage;
     tokio::spawn(async move {
-        let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let object = if kind == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
         let chunk = |delta: Value, finish: Option<FinishReason>| -> Event {
             let choice = match kind {
-                Kind::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}),
-                Kind::Completion => {
+                Endpoint::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}),
+                _ => {
                     json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish, "logprobs": null})
                 }
             };
@@ -588,7 +646,9 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
             Event::default().data(body.to_string())
         };
         let mut out = Outcome { usage: Usage { prompt_tokens: prompt_len, ..Usage::default() }, ..Outcome::default() };
-        if kind == Kind::Chat && tx.send(Ok(chunk(json!({"role": "assistant", "content": ""}), None))).await.is_err() {
+        if kind == Endpoint::Chat
+            && tx.send(Ok(chunk(json!({"role": "assistant", "content": ""}), None))).await.is_err()
+        {
             out.cancelled = true;
         }
         while !out.cancelled {
@@ -597,8 +657,9 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
                 _ = tx.closed() => { out.cancelled = true; break; }
             };
             match ev {
-                Some(GenEvent::Text(t)) => {
-                    if tx.send(Ok(chunk(json!({"content": t}), None))).await.is_err() {
+                Some(GenEvent::Text { text, tokens }) => {
+                    out.usage.completion_tokens = tokens;
+                    if tx.send(Ok(chunk(json!({"content": text}), None))).await.is_err() {
                         out.cancelled = true;
                     }
                 }
@@ -621,7 +682,7 @@ async fn run(st: AppState, p: Principal, prep: Prepared, kind: Kind, t0: Instant
             out.error = Some("the engine stopped before finishing".into());
         }
         // The audit event is committed before the final bytes go out.
-        if let Err(e) = audit_inference(&st, &p, kind, &model_name, &out, t0, true).await {
+        if let Err(e) = finish(&st, &p, metered, &out, true).await {
             let _ = tx.send(Ok(Event::default().data(serde_json::to_string(&e.body()).unwrap_or_default()))).await;
             let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
             return;
@@ -649,8 +710,9 @@ async fn embeddings(
     p: Principal,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> ApiResult<Response> {
-    let t0 = Instant::now();
+    let started = (now_millis(), Instant::now());
     let _ = &req.user;
+    let target = gateway::resolve(&st, &p, &req.model, Endpoint::Embeddings.action()).await?;
     if req.dimensions.is_some() {
         return Err(unsupported("dimensions", "this model's vectors have a fixed size"));
     }
@@ -671,29 +733,44 @@ async fn embeddings(
     if inputs.iter().any(String::is_empty) {
         return Err(ApiError::field("input", "input strings must not be empty"));
     }
-    let model = model_for(&st, &p, &req.model, "inference.embeddings", req.keep_alive.as_ref()).await?;
+    if let Some(k) = &req.keep_alive {
+        parse_keep_alive(k)?;
+    }
+    let permit = gateway::admit(&st, &p, Endpoint::Embeddings, &target, 0).await?;
+    let model = load(&st, &target, req.keep_alive.as_ref()).await?;
     let name = model.info().name.clone();
     let result = model.embed(&inputs).await;
-    let (vectors, n_tokens) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let o = Outcome { error: Some(e.to_string()), ..Outcome::default() };
-            audit_inference_embed(&st, &p, &name, &o, t0).await?;
-            return Err(match e {
-                maasbox_engine::EngineError::ContextOverflow { index, tokens, limit } => ApiError::new(
-                    ErrorCode::ContextLengthExceeded,
-                    format!("input {index} has {tokens} tokens; this model's maximum context length is {limit} tokens"),
-                )
-                .param("input"),
-                maasbox_engine::EngineError::NotEmbedding(_) => {
-                    ApiError::field("model", format!("'{name}' is not an embedding model"))
-                }
-                e => ApiError::new(ErrorCode::Internal, e.to_string()),
-            });
+    let (status, failure, n_tokens, error) = match &result {
+        Ok((_, n)) => (200, None, *n, None),
+        Err(e @ maasbox_engine::EngineError::ContextOverflow { .. }) => {
+            (400, Some("context_length_exceeded"), 0, Some(e.to_string()))
         }
+        Err(e @ maasbox_engine::EngineError::NotEmbedding(_)) => {
+            (400, Some("not_an_embedding_model"), 0, Some(e.to_string()))
+        }
+        Err(e) => (500, Some("engine_error"), 0, Some(e.to_string())),
     };
-    let o = Outcome { usage: Usage { prompt_tokens: n_tokens, ..Usage::default() }, ..Outcome::default() };
-    audit_inference_embed(&st, &p, &name, &o, t0).await?;
+    let f = Finished {
+        prompt_tokens: n_tokens,
+        completion_tokens: 0,
+        status,
+        failure,
+        details: error.map_or(json!({}), |e| json!({"error": e})),
+    };
+    gateway::finish(&st, &p, Endpoint::Embeddings, &target, permit, started, f).await?;
+    let vectors = result
+        .map_err(|e| match e {
+            maasbox_engine::EngineError::ContextOverflow { index, tokens, limit } => ApiError::new(
+                ErrorCode::ContextLengthExceeded,
+                format!("input {index} has {tokens} tokens; this model's maximum context length is {limit} tokens"),
+            )
+            .param("input"),
+            maasbox_engine::EngineError::NotEmbedding(_) => {
+                ApiError::field("model", format!("'{name}' is not an embedding model"))
+            }
+            e => ApiError::new(ErrorCode::Internal, e.to_string()),
+        })?
+        .0;
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
@@ -708,17 +785,4 @@ async fn embeddings(
         })
         .collect();
     Ok(Json(json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})).into_response())
-}
-
-async fn audit_inference_embed(st: &AppState, p: &Principal, model: &str, o: &Outcome, t0: Instant) -> ApiResult<()> {
-    let mut ev = p.event(
-        "inference.embeddings",
-        format!("model:{model}"),
-        json!({"model": model, "prompt_tokens": o.usage.prompt_tokens, "latency_ms": (t0.elapsed().as_secs_f64() * 1000.0).round()}),
-    );
-    if let Some(e) = &o.error {
-        ev = ev.failed("engine_error");
-        ev.details["error"] = e.clone().into();
-    }
-    crate::auth::audit_only(st, ev).await
 }

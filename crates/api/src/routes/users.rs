@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use maasbox_crypto::password;
 use maasbox_store::{users, WriteOutcome};
-use maasbox_types::{ErrorCode, Permission, Role, User, UserStatus};
+use maasbox_types::{ErrorCode, Limits, Permission, Role, User, UserStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -76,6 +76,9 @@ pub struct UpdateUser {
     /// keys at once.
     #[serde(default)]
     pub status: Option<UserStatus>,
+    /// Quotas (admins only), replacing the user's old ones; unset fields take `[quotas]`.
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 /// `POST /api/v1/users/{id}/password`
@@ -175,13 +178,14 @@ async fn update_user(
     Path(id): Path<i64>,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<User>> {
-    if !(p.is_user(id) && req.role.is_none() && req.status.is_none()) {
+    if !(p.is_user(id) && req.role.is_none() && req.status.is_none() && req.limits.is_none()) {
         p.authorize(&st, Permission::UsersManage, "user.update").await?;
     }
     if req.display_name.as_ref().is_some_and(|d| d.chars().count() > 128) {
         return Err(ApiError::field("display_name", "display_name must be at most 128 characters"));
     }
-    let patch = users::UserPatch { display_name: req.display_name, role: req.role, status: req.status };
+    let patch =
+        users::UserPatch { display_name: req.display_name, role: req.role, status: req.status, limits: req.limits };
     let ev = p.event("user.update", format!("user:{id}"), json!({}));
     let user = st
         .store()
@@ -194,6 +198,9 @@ async fn update_user(
             }
             if before.status != after.status {
                 changes.insert("status".into(), json!([before.status, after.status]));
+            }
+            if before.limits != after.limits {
+                changes.insert("limits".into(), json!([before.limits, after.limits]));
             }
             if before.display_name != after.display_name {
                 changes.insert("display_name".into(), json!([before.display_name, after.display_name]));

@@ -11,6 +11,22 @@ use tokio::sync::oneshot;
 
 pub const ADMIN_PW: &str = "Root-Passw0rd!x";
 
+pub const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const MINILM: &str = "all-MiniLM-L6-v2.F32.gguf";
+
+fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("MAASBOX_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"))
+}
+
+/// A default model fetched by `models/fetch.py` (the test command runs it first).
+pub fn model_file(name: &str) -> String {
+    let p = models_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `python3 models/fetch.py` (scripts/test.sh does)", p.display());
+    p.display().to_string()
+}
+
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -93,6 +109,10 @@ impl Server {
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.req(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::PATCH, path, Some(token), Some(body)).await
     }
 
     /// Complete setup; returns the admin's access token.
