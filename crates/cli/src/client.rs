@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{AuditCmd, ClientArgs, KeyCmd, ModelCmd, UserCmd};
+use crate::{AppCmd, AuditCmd, ClientArgs, KeyCmd, LimitArgs, ModelCmd, UserCmd};
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -122,6 +122,40 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
+/// The quota flags as the API's `limits` object (only the flags given).
+fn limits_json(l: &LimitArgs) -> Option<Value> {
+    let mut m = serde_json::Map::new();
+    for (k, v) in [
+        ("requests_per_minute", l.rpm),
+        ("tokens_per_day", l.tpd),
+        ("tokens_per_month", l.tpm),
+        ("concurrent", l.concurrent),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    (!m.is_empty()).then_some(Value::Object(m))
+}
+
+/// `rpm=10 tpd=5000` for a limits object, `-` for none.
+fn limits_text(v: &Value) -> String {
+    let parts: Vec<String> = [
+        ("requests_per_minute", "rpm"),
+        ("tokens_per_day", "tpd"),
+        ("tokens_per_month", "tpm"),
+        ("concurrent", "concurrent"),
+    ]
+    .iter()
+    .filter_map(|(k, short)| v.get(*k).filter(|x| !x.is_null()).map(|x| format!("{short}={x}")))
+    .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -178,6 +212,13 @@ pub(crate) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             cl.call(Method::POST, &format!("/api/v1/users/{id}/password"), Some(json!({"password": pw}))).await?;
             println!("password of {user} changed; their sessions were ended");
         }
+        UserCmd::Limits { user, limits, c } => {
+            let cl = Client::new(&c)?;
+            let id = cl.user_id(&user).await?;
+            let body = json!({"limits": limits_json(&limits).unwrap_or_else(|| json!({}))});
+            let v = cl.call(Method::PATCH, &format!("/api/v1/users/{id}"), Some(body)).await?;
+            cl.print(&v, |v| println!("limits of {}: {}", s(&v["username"]), limits_text(&v["limits"])));
+        }
         UserCmd::Rm { user, c } => {
             let cl = Client::new(&c)?;
             let id = cl.user_id(&user).await?;
@@ -198,7 +239,7 @@ async fn set_status(c: &ClientArgs, user: &str, status: &str) -> anyhow::Result<
 
 pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create { name, user, models, expires_in_days, c } => {
+        KeyCmd::Create { name, user, models, expires_in_days, app, limits, c } => {
             let cl = Client::new(&c)?;
             let user_id = match &user {
                 Some(u) => Some(cl.user_id(u).await?),
@@ -208,13 +249,27 @@ pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                 .call(
                     Method::POST,
                     "/api/v1/keys",
-                    Some(json!({"name": name, "user_id": user_id, "allowed_models": models, "expires_in_days": expires_in_days})),
+                    Some(json!({"name": name, "user_id": user_id, "allowed_models": models,
+                                "expires_in_days": expires_in_days, "app": app, "limits": limits_json(&limits)})),
                 )
                 .await?;
             cl.print(&v, |v| {
                 println!("created key {} for {}", s(&v["id"]), s(&v["username"]));
                 println!("secret (shown once, store it now): {}", s(&v["secret"]));
             });
+        }
+        KeyCmd::Update { id, name, limits, c } => {
+            let cl = Client::new(&c)?;
+            let id = id.trim_start_matches("mbx_").split('_').next().unwrap_or_default().to_owned();
+            let mut body = json!({});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(l) = limits_json(&limits) {
+                body["limits"] = l;
+            }
+            let v = cl.call(Method::PATCH, &format!("/api/v1/keys/{id}"), Some(body)).await?;
+            cl.print(&v, |v| println!("key {} ({}): limits {}", s(&v["id"]), s(&v["name"]), limits_text(&v["limits"])));
         }
         KeyCmd::List { all, c } => {
             let cl = Client::new(&c)?;
@@ -227,6 +282,7 @@ pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                     "MODELS".into(),
                     "EXPIRES".into(),
                     "LAST USED".into(),
+                    "LIMITS".into(),
                 ]];
                 for k in v["data"].as_array().into_iter().flatten() {
                     let models = k["allowed_models"]
@@ -240,6 +296,10 @@ pub(crate) async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                         models,
                         s(&k["expires_at"]),
                         s(&k["last_used_at"]),
+                        match k["app"].as_str() {
+                            Some(a) => format!("app:{a} {}", limits_text(&k["limits"])),
+                            None => limits_text(&k["limits"]),
+                        },
                     ]);
                 }
                 table(&rows);
@@ -382,6 +442,24 @@ pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             cl.call(Method::POST, &format!("/api/v1/models/{name}/unload"), Some(json!({}))).await?;
             println!("unloaded {name}");
         }
+        ModelCmd::Visibility { name, roles, users, c } => {
+            let cl = Client::new(&c)?;
+            let body = json!({"visibility": {"roles": roles, "users": users}});
+            let v = cl.call(Method::PATCH, &format!("/api/v1/models/{name}"), Some(body)).await?;
+            cl.print(&v, |v| {
+                let vis = &v["visibility"];
+                if vis.as_object().is_none_or(|o| o.is_empty()) {
+                    println!("{} is visible to everyone", s(&v["id"]));
+                } else {
+                    println!(
+                        "{} is visible to admins and roles {} users {}",
+                        s(&v["id"]),
+                        s(&vis["roles"]),
+                        s(&vis["users"])
+                    );
+                }
+            });
+        }
         ModelCmd::Ps { c } => {
             let cl = Client::new(&c)?;
             let v = cl.call(Method::GET, "/api/v1/models/running", None).await?;
@@ -413,5 +491,97 @@ pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+pub(crate) async fn app(cmd: AppCmd) -> anyhow::Result<()> {
+    match cmd {
+        AppCmd::Create { name, model, system_prompt, system_prompt_file, description, temperature, max_tokens, c } => {
+            let cl = Client::new(&c)?;
+            let prompt = match (system_prompt, system_prompt_file) {
+                (Some(p), _) => p,
+                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => String::new(),
+            };
+            let mut params = json!({});
+            if let Some(t) = temperature {
+                params["temperature"] = json!(t);
+            }
+            if let Some(m) = max_tokens {
+                params["max_tokens"] = json!(m);
+            }
+            let body = json!({"name": name, "model": model, "system_prompt": prompt, "description": description, "params": params});
+            let v = cl.call(Method::POST, "/api/v1/apps", Some(body)).await?;
+            cl.print(&v, |v| println!("created app:{} on {}", s(&v["name"]), s(&v["model"])));
+        }
+        AppCmd::List { c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, "/api/v1/apps", None).await?;
+            cl.print(&v, |v| {
+                let mut rows = vec![["NAME", "MODEL", "DESCRIPTION", "BY"].map(String::from).to_vec()];
+                for a in v["data"].as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        format!("app:{}", s(&a["name"])),
+                        s(&a["model"]),
+                        s(&a["description"]),
+                        s(&a["created_by"]),
+                    ]);
+                }
+                table(&rows);
+            });
+        }
+        AppCmd::Show { name, c } => {
+            let cl = Client::new(&c)?;
+            let name = name.trim_start_matches("app:");
+            let v = cl.call(Method::GET, &format!("/api/v1/apps/{name}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AppCmd::Rm { name, c } => {
+            let cl = Client::new(&c)?;
+            let name = name.trim_start_matches("app:");
+            cl.call(Method::DELETE, &format!("/api/v1/apps/{name}"), None).await?;
+            println!("deleted app:{name}");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn usage(
+    c: &ClientArgs,
+    by: &str,
+    from: Option<String>,
+    to: Option<String>,
+    user: Option<String>,
+) -> anyhow::Result<()> {
+    let cl = Client::new(c)?;
+    let mut q = vec![format!("group_by={by}")];
+    if let Some(f) = from {
+        q.push(format!("from={f}"));
+    }
+    if let Some(t) = to {
+        q.push(format!("to={t}"));
+    }
+    if let Some(u) = user {
+        q.push(format!("user_id={}", cl.user_id(&u).await?));
+    }
+    let v = cl.call(Method::GET, &format!("/api/v1/usage?{}", q.join("&")), None).await?;
+    cl.print(&v, |v| {
+        println!("usage of {} from {} to {} by {}", s(&v["scope"]), s(&v["from"]), s(&v["to"]), s(&v["group_by"]));
+        let mut rows =
+            vec![["GROUP", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "AVG MS"].map(String::from).to_vec()];
+        for r in v["data"].as_array().into_iter().flatten() {
+            let group = r["group"].as_str().filter(|g| !g.is_empty()).unwrap_or("(none)").to_owned();
+            rows.push(vec![
+                group,
+                s(&r["requests"]),
+                s(&r["errors"]),
+                s(&r["prompt_tokens"]),
+                s(&r["completion_tokens"]),
+                s(&r["total_tokens"]),
+                format!("{:.0}", r["avg_latency_ms"].as_f64().unwrap_or(0.0)),
+            ]);
+        }
+        table(&rows);
+    });
     Ok(())
 }

@@ -43,6 +43,11 @@ enum Command {
     /// Manage the model registry and loaded models.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Manage apps (assistants called as `app:<name>`).
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Usage of /v1 from the daily rollup (your own, or everyone's for admins and auditors).
+    Usage(UsageArgs),
     /// Offline recovery commands that work with the server stopped.
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -152,10 +157,104 @@ enum UserCmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Set a user's quotas (replacing the old ones; unset flags take the configured default).
+    Limits {
+        /// Username or id.
+        user: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// Delete a user and their keys.
     Rm {
         /// Username or id.
         user: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+/// Quotas of a user or key; 0 = no limit. Unset flags leave the quota unset (a user then takes
+/// `[quotas]` from the configuration).
+#[derive(Args, Debug, Default)]
+pub(crate) struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u64>,
+    /// Tokens per UTC day.
+    #[arg(long, value_name = "N")]
+    pub tpd: Option<u64>,
+    /// Tokens per UTC month.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N")]
+    pub concurrent: Option<u64>,
+}
+
+/// `maasbox usage`
+#[derive(Args, Debug)]
+struct UsageArgs {
+    /// user, model, key, day or app.
+    #[arg(long, default_value = "day")]
+    by: String,
+    /// First UTC day (YYYY-MM-DD; default 30 days ago).
+    #[arg(long)]
+    from: Option<String>,
+    /// Last UTC day (default today).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this user (username or id; admins and auditors).
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    c: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum AppCmd {
+    /// Create an app on a model with a system prompt and default parameters.
+    Create {
+        /// Name (called as `app:<NAME>`).
+        name: String,
+        /// The model it runs on.
+        #[arg(long)]
+        model: String,
+        /// System prompt (or --system-prompt-file).
+        #[arg(long, conflicts_with = "system_prompt_file")]
+        system_prompt: Option<String>,
+        /// Read the system prompt from a file.
+        #[arg(long, value_name = "FILE")]
+        system_prompt_file: Option<PathBuf>,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Default temperature.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Default max_tokens.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List apps.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Show one app.
+    Show {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Delete an app (keys scoped to it are revoked).
+    Rm {
+        /// Name.
+        name: String,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -177,6 +276,23 @@ enum KeyCmd {
         /// Expire after this many days.
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// Scope the key to one app: it may only call `app:<NAME>`.
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Change a key's label or quotas (quotas: admins).
+    Update {
+        /// Key id (the part after `mbx_`).
+        id: String,
+        /// New label.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -287,6 +403,19 @@ enum ModelCmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Decide who may see and call a model (admins). Without --roles or --users: everyone.
+    Visibility {
+        /// name[:tag].
+        name: String,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Comma-separated usernames.
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// Models loaded now.
     Ps {
         #[command(flatten)]
@@ -330,6 +459,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => client::user(cmd).await,
         Command::Key(cmd) => client::key(cmd).await,
         Command::Model(cmd) => client::model(cmd).await,
+        Command::App(cmd) => client::app(cmd).await,
+        Command::Usage(a) => client::usage(&a.c, &a.by, a.from, a.to, a.user).await,
         // The offline commands block on SQLite and the store's writer: off the async threads.
         Command::Audit(AuditCmd::Verify { offline: true, c, .. }) => {
             blocking(move || offline::verify(&c.cfg, c.json)).await

@@ -386,3 +386,65 @@ mod parking_lot_free {
         }
     }
 }
+
+fn smollm2() -> PathBuf {
+    let dir = std::env::var_os("MAASBOX_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run `python3 models/fetch.py`", p.display());
+    p
+}
+
+#[tokio::test]
+async fn gateway_commands_quotas_apps_visibility_usage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut srv = serve(&dir);
+    let http = reqwest::Client::new();
+    setup(&http, &srv).await;
+    let c = |args: &[&str]| ok(&run(client(&srv, &dir, args)));
+    c(&["model", "import", smollm2().to_str().unwrap(), "--name", "smol"]);
+    let out = c(&["user", "add", "dora", "--role", "user"]);
+    assert!(out.contains("created user dora"), "{out}");
+    let out = c(&["user", "limits", "dora", "--tpd", "5000", "--concurrent", "2"]);
+    assert!(out.contains("tpd=5000") && out.contains("concurrent=2"), "{out}");
+
+    let out =
+        c(&["app", "create", "haiku", "--model", "smol", "--system-prompt", "Answer in a haiku.", "--max-tokens", "8"]);
+    assert!(out.contains("created app:haiku on smol:latest"), "{out}");
+    assert!(c(&["app", "list"]).contains("app:haiku"));
+    let out = c(&["key", "create", "--name", "bot", "--user", "dora", "--rpm", "1", "--app", "haiku"]);
+    let secret = last_secret(&out);
+    let out = c(&["key", "list", "--all"]);
+    assert!(out.contains("app:haiku rpm=1"), "{out}");
+
+    let chat = |model: &str| {
+        http.post(format!("{}/v1/chat/completions", srv.url))
+            .bearer_auth(&secret)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "Rain"}], "temperature": 0}))
+            .send()
+    };
+    assert_eq!(chat("app:haiku").await.unwrap().status().as_u16(), 200);
+    let second = chat("app:haiku").await.unwrap();
+    assert_eq!(second.status().as_u16(), 429, "one request per minute on this key");
+    assert_eq!(chat("smol").await.unwrap().status().as_u16(), 404, "the key reaches its app only");
+    let key_id = secret.split('_').nth(1).unwrap();
+    let out = c(&["key", "update", key_id, "--rpm", "0"]);
+    assert!(out.contains("rpm=0"), "{out}");
+    assert_eq!(chat("app:haiku").await.unwrap().status().as_u16(), 200, "0 lifts the limit");
+
+    let out = c(&["usage", "--by", "app"]);
+    assert!(out.lines().any(|l| l.starts_with("haiku") && l.split_whitespace().nth(1) == Some("3")), "{out}");
+    let v: Value = serde_json::from_str(&c(&["usage", "--by", "user", "--user", "dora", "--json"])).unwrap();
+    assert_eq!(v["data"][0]["group"], "dora");
+    assert_eq!(v["data"][0]["errors"], 1, "{v}");
+
+    let out = c(&["model", "visibility", "smol", "--roles", "developer"]);
+    assert!(out.contains("roles [\"developer\"]"), "{out}");
+    assert_eq!(chat("app:haiku").await.unwrap().status().as_u16(), 404, "dora no longer sees the app's model");
+    assert!(c(&["model", "visibility", "smol"]).contains("visible to everyone"));
+    c(&["app", "rm", "haiku"]);
+    assert_eq!(me_status(&http, &srv, &secret).await, 401, "the app's key went with it");
+    assert!(sigterm(&mut srv.child).success());
+}
