@@ -81,6 +81,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::models::router())
+        .merge(routes::pull::router())
         .merge(routes::apps::router())
         .merge(routes::usage::router())
         .split_for_parts()

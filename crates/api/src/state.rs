@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub load_lock: tokio::sync::Mutex<()>,
     /// Quota counters (rebuilt from the usage tables at startup).
     pub meter: Arc<crate::quota::Meter>,
+    /// Model downloads in progress (and finished ones for an hour).
+    pub imports: crate::routes::pull::Imports,
     pub started: Instant,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
@@ -164,6 +166,7 @@ impl AppState {
             engine,
             load_lock: tokio::sync::Mutex::new(()),
             meter,
+            imports: Default::default(),
             started: Instant::now(),
             config,
             _lock: lock,

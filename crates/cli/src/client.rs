@@ -442,6 +442,7 @@ pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             cl.call(Method::POST, &format!("/api/v1/models/{name}/unload"), Some(json!({}))).await?;
             println!("unloaded {name}");
         }
+        ModelCmd::Pull { url, name, sha256, c } => pull(&c, &url, name, sha256).await?,
         ModelCmd::Visibility { name, roles, users, c } => {
             let cl = Client::new(&c)?;
             let body = json!({"visibility": {"roles": roles, "users": users}});
@@ -584,4 +585,69 @@ pub(crate) async fn usage(
         table(&rows);
     });
     Ok(())
+}
+
+/// Start a download and follow its progress events until the final one.
+async fn pull(c: &ClientArgs, url: &str, name: Option<String>, sha256: Option<String>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let cl = Client::new(c)?;
+    let job =
+        cl.call(Method::POST, "/api/v1/models", Some(json!({"url": url, "name": name, "sha256": sha256}))).await?;
+    let id = s(&job["id"]);
+    let bar = indicatif::ProgressBar::new(0);
+    if cl.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")?
+            .progress_chars("=> "),
+    );
+    bar.set_message(s(&job["model"]));
+    let resp = cl.send(Method::GET, &format!("/api/v1/models/imports/{id}/events"), None).await?;
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut last = Value::Null;
+    'events: while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let Some(data) = line.trim_end().strip_prefix("data: ") else { continue };
+            let ev: Value = serde_json::from_str(data)?;
+            if let Some(t) = ev["total"].as_u64() {
+                bar.set_length(t);
+            }
+            bar.set_position(ev["bytes"].as_u64().unwrap_or(0));
+            if ev["phase"] == "verifying" {
+                bar.set_message(format!("{} (verifying)", s(&ev["model"])));
+            }
+            let done = matches!(ev["phase"].as_str(), Some("done" | "failed" | "cancelled"));
+            last = ev;
+            if done {
+                break 'events;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    match last["phase"].as_str() {
+        Some("done") => {
+            let rec = &last["record"];
+            cl.print(&last, |_| {
+                println!(
+                    "pulled {} ({}, {}) sha256 {}{}",
+                    s(&rec["id"]),
+                    s(&rec["info"]["architecture"]),
+                    human_size(rec["size"].as_i64().unwrap_or(0)),
+                    s(&rec["sha256"]),
+                    if last["attempts"].as_u64() > Some(1) {
+                        format!(" after {} connections", last["attempts"])
+                    } else {
+                        String::new()
+                    }
+                )
+            });
+            Ok(())
+        }
+        Some(phase) => bail!("import {id} {phase}: {}", s(&last["error"])),
+        None => bail!("the server closed the progress stream of import {id} early; GET /api/v1/models/imports/{id} tells how it ended"),
+    }
 }

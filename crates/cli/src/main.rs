@@ -403,6 +403,20 @@ enum ModelCmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Download a GGUF from an http(s) URL into the registry, with a progress bar. Resumes
+    /// after dropped connections; run it again to resume an interrupted download.
+    Pull {
+        /// The URL.
+        url: String,
+        /// name[:tag] (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Expected SHA-256 (hex); a mismatch registers nothing.
+        #[arg(long)]
+        sha256: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// Decide who may see and call a model (admins). Without --roles or --users: everyone.
     Visibility {
         /// name[:tag].

@@ -396,7 +396,7 @@ fn smollm2() -> PathBuf {
     p
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_commands_quotas_apps_visibility_usage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
@@ -404,7 +404,28 @@ async fn gateway_commands_quotas_apps_visibility_usage() {
     let http = reqwest::Client::new();
     setup(&http, &srv).await;
     let c = |args: &[&str]| ok(&run(client(&srv, &dir, args)));
-    c(&["model", "import", smollm2().to_str().unwrap(), "--name", "smol"]);
+    // `model pull` from a plain HTTP server (one connection, whole file).
+    let file = std::fs::read(smollm2()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let file_url = format!("http://{}/SmolLM2.gguf", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        while !req.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            sock.read_exact(&mut b).await.unwrap();
+            req.push(b[0]);
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", file.len());
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(&file).await.unwrap();
+    });
+    let out = c(&["model", "pull", &file_url, "--name", "smol"]);
+    assert!(out.contains("pulled smol:latest (llama, 98 MB) sha256 "), "{out}");
+    let out = run(client(&srv, &dir, &["model", "pull", &file_url, "--name", "smol2"]));
+    assert!(!out.status.success(), "the file server is gone");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed"), "{out:?}");
     let out = c(&["user", "add", "dora", "--role", "user"]);
     assert!(out.contains("created user dora"), "{out}");
     let out = c(&["user", "limits", "dora", "--tpd", "5000", "--concurrent", "2"]);

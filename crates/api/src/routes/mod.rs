@@ -7,6 +7,7 @@ pub(crate) mod gateway;
 pub(crate) mod keys;
 pub(crate) mod models;
 pub(crate) mod openai;
+pub(crate) mod pull;
 pub(crate) mod system;
 pub(crate) mod usage;
 pub(crate) mod users;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use maasbox_engine::{KeepAlive, LoadedModel, ModelSpec, RunningModel};
 use maasbox_store::{models, users, WriteOutcome};
@@ -53,8 +54,16 @@ pub struct ModelView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportModel {
-    /// A GGUF file on the server's filesystem.
-    pub path: String,
+    /// A GGUF file on the server's filesystem (give `path` or `url`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// An http(s) URL to download from in the background (resumable); the answer is 202 with
+    /// the import job, followed at `/api/v1/models/imports/{id}/events`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Expected SHA-256 of a download (hex); a mismatch registers nothing.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// `name[:tag]`; default: the file name without extension, tag `latest`.
     #[serde(default)]
     pub name: Option<String>,
@@ -123,7 +132,7 @@ pub struct DeleteQuery {
     pub force: bool,
 }
 
-fn blobs_dir(st: &AppState) -> PathBuf {
+pub(crate) fn blobs_dir(st: &AppState) -> PathBuf {
     st.data_dir().join("models").join("blobs")
 }
 
@@ -305,23 +314,40 @@ fn copy_hashed(src: &Path, dir: &Path) -> std::io::Result<(String, u64, PathBuf)
 }
 
 #[utoipa::path(post, path = "/api/v1/models", tag = "models", security(("bearer" = [])), request_body = ImportModel,
-    responses((status = 201, body = ModelRecord), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ModelRecord), (status = 202, body = crate::routes::pull::ImportProgress),
+        (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 async fn import_model(
     State(st): State<AppState>,
     p: Principal,
     ApiJson(req): ApiJson<ImportModel>,
-) -> ApiResult<(StatusCode, Json<ModelRecord>)> {
+) -> ApiResult<Response> {
     p.authorize(&st, Permission::ModelsImport, "model.import").await?;
-    let src = PathBuf::from(&req.path);
-    let default_name = src.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let source = match (&req.path, &req.url) {
+        (Some(p), None) => p.clone(),
+        (None, Some(u)) => u.clone(),
+        _ => return Err(ApiError::field("path", "give either 'path' (a file on the server) or 'url'")),
+    };
+    let default_name = Path::new(source.split(['?', '#']).next().unwrap_or_default())
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let (name, tag) = resolve(req.name.as_deref().unwrap_or(&default_name))?;
+    if let Some(url) = req.url {
+        let pull = crate::routes::pull::PullRequest { url, name, tag, sha256: req.sha256 };
+        return crate::routes::pull::start(&st, &p, pull).await;
+    }
+    if req.sha256.is_some() {
+        return Err(ApiError::field("sha256", "sha256 applies to downloads ('url')"));
+    }
+    let req_path = source;
+    let src = PathBuf::from(&req_path);
     // Read the header first: nothing is copied for a file that is not a usable GGUF.
     let info = {
         let src = src.clone();
         tokio::task::spawn_blocking(move || maasbox_engine::gguf::read_info(&src))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::field("path", format!("{}: {e}", req.path)))?
+            .map_err(|e| ApiError::field("path", format!("{req_path}: {e}")))?
     };
     let dir = blobs_dir(&st);
     let (sha, size, tmp) = {
@@ -329,38 +355,60 @@ async fn import_model(
         tokio::task::spawn_blocking(move || copy_hashed(&src, &dir))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::field("path", format!("cannot read {}: {e}", req.path)))?
+            .map_err(|e| ApiError::field("path", format!("cannot read {req_path}: {e}")))?
     };
-    let blob = dir.join(format!("sha256-{sha}"));
-    let fresh = !blob.exists();
+    let source = format!("file:{req_path}");
+    let rec = register_blob(&st, &p, Blob { tmp, sha256: sha, size, info }, (name, tag), source).await?;
+    Ok((StatusCode::CREATED, Json(rec)).into_response())
+}
+
+/// A verified GGUF in a temporary file beside the blobs.
+pub(crate) struct Blob {
+    pub tmp: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    pub info: maasbox_engine::gguf::GgufInfo,
+}
+
+/// Move `blob` into place (content-addressed; an identical blob already there is kept) and
+/// record `name:tag` → blob with its audit event. On any failure nothing is left behind.
+pub(crate) async fn register_blob(
+    st: &AppState,
+    p: &Principal,
+    blob: Blob,
+    (name, tag): (String, String),
+    source: String,
+) -> ApiResult<ModelRecord> {
+    let path = blobs_dir(st).join(format!("sha256-{}", blob.sha256));
+    let fresh = !path.exists();
     if fresh {
-        std::fs::rename(&tmp, &blob).map_err(ApiError::internal)?;
+        std::fs::rename(&blob.tmp, &path).map_err(ApiError::internal)?;
     } else {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&blob.tmp);
     }
     let rec = ModelRecord {
         visibility: Default::default(),
         id: format!("{name}:{tag}"),
         name,
         tag,
-        sha256: sha,
-        size: size as i64,
-        info: serde_json::to_value(&info).unwrap_or_default(),
-        source: format!("file:{}", req.path),
+        sha256: blob.sha256,
+        size: blob.size as i64,
+        info: serde_json::to_value(&blob.info).unwrap_or_default(),
+        source,
         created_by: p.username.clone(),
         created_at: 0,
     };
     let ev = p.event(
         "model.import",
         format!("model:{}", rec.id),
-        json!({"sha256": rec.sha256, "size": size, "source": rec.source, "architecture": info.architecture}),
+        json!({"sha256": rec.sha256, "size": blob.size, "source": rec.source, "architecture": blob.info.architecture}),
     );
     let r2 = rec.clone();
     match st.store().write(move |c| Ok(WriteOutcome::audited(models::insert(c, &r2)?, ev))).await {
-        Ok(saved) => Ok((StatusCode::CREATED, Json(saved))),
+        Ok(saved) => Ok(saved),
         Err(e) => {
             if fresh {
-                let _ = std::fs::remove_file(&blob);
+                let _ = std::fs::remove_file(&path);
             }
             Err(e.into())
         }
