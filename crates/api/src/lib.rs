@@ -31,6 +31,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod auth;
+pub mod bundle;
 pub mod config;
 pub mod error;
 mod logging;
@@ -82,6 +83,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::audit::router())
         .merge(routes::models::router())
         .merge(routes::pull::router())
+        .merge(routes::bundles::router())
         .merge(routes::apps::router())
         .merge(routes::usage::router())
         .split_for_parts()

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{AppCmd, AuditCmd, ClientArgs, KeyCmd, LimitArgs, ModelCmd, UserCmd};
+use crate::{AppCmd, AuditCmd, BundleCmd, ClientArgs, KeyCmd, LimitArgs, ModelCmd, UserCmd};
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -650,4 +650,67 @@ async fn pull(c: &ClientArgs, url: &str, name: Option<String>, sha256: Option<St
         Some(phase) => bail!("import {id} {phase}: {}", s(&last["error"])),
         None => bail!("the server closed the progress stream of import {id} early; GET /api/v1/models/imports/{id} tells how it ended"),
     }
+}
+
+pub(crate) async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    match cmd {
+        BundleCmd::Create { models, out, c } => {
+            let cl = Client::new(&c)?;
+            let resp = cl.send(Method::POST, "/api/v1/bundles", Some(json!({"models": models}))).await?;
+            let partial = out.with_extension("partial");
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&partial).await;
+                        bail!("the bundle stream broke: {e}");
+                    }
+                };
+                file.write_all(&chunk).await?;
+            }
+            file.sync_all().await?;
+            drop(file);
+            // Check what arrived before calling it a bundle.
+            let p2 = partial.clone();
+            let checked =
+                tokio::task::spawn_blocking(move || maasbox_api::bundle::read(&p2, None, false, None)).await?;
+            let v = match checked {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    bail!("the bundle written is not valid: {e}");
+                }
+            };
+            std::fs::rename(&partial, &out)?;
+            let size = std::fs::metadata(&out)?.len();
+            let names: Vec<String> = v.manifest.models.iter().map(|m| format!("{}:{}", m.name, m.tag)).collect();
+            println!("wrote {} ({}) with {}", out.display(), human_size(size as i64), names.join(", "));
+            println!("signed by {}", v.manifest.signer);
+            println!("import elsewhere with: maasbox bundle import FILE --trust {}", v.manifest.signer);
+        }
+        BundleCmd::Import { file, trust, allow_unsigned, c } => {
+            let cl = Client::new(&c)?;
+            let abs = std::fs::canonicalize(&file).with_context(|| format!("{} does not exist", file.display()))?;
+            let body = json!({"path": abs, "trust": trust, "allow_unsigned": allow_unsigned});
+            let v = cl.call(Method::POST, "/api/v1/bundles/import", Some(body)).await?;
+            cl.print(&v, |v| {
+                let how = match (v["signed"].as_bool(), v["trusted"].as_bool()) {
+                    (Some(true), Some(true)) => "signed by the trusted key",
+                    (Some(true), _) => "signed (signer not checked against a trusted key)",
+                    _ => "UNSIGNED",
+                };
+                println!("imported from a bundle {how} {}:", s(&v["signer"]));
+                for m in v["models"].as_array().into_iter().flatten() {
+                    println!("  {} sha256 {}", s(&m["id"]), s(&m["sha256"]));
+                }
+            });
+        }
+    }
+    Ok(())
 }

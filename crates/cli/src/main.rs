@@ -43,6 +43,9 @@ enum Command {
     /// Manage the model registry and loaded models.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Signed offline bundles of models, for air-gapped sites.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
     /// Manage apps (assistants called as `app:<name>`).
     #[command(subcommand)]
     App(AppCmd),
@@ -210,6 +213,35 @@ struct UsageArgs {
     user: Option<String>,
     #[command(flatten)]
     c: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCmd {
+    /// Write models (GGUF blobs, manifest with SHA-256 and SM3 digests, SM2 signature by this
+    /// appliance) to a tar file, then check the file.
+    Create {
+        /// name[:tag]; repeat for several.
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        /// Output file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Verify a bundle (every digest and the signature) and register its models.
+    Import {
+        /// The bundle (on this machine, which must be the server's).
+        file: PathBuf,
+        /// SM2 public key (hex) it must be signed by.
+        #[arg(long, value_name = "PUBKEY")]
+        trust: Option<String>,
+        /// Accept a bundle without a signature.
+        #[arg(long, conflicts_with = "trust")]
+        allow_unsigned: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -474,6 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => client::key(cmd).await,
         Command::Model(cmd) => client::model(cmd).await,
         Command::App(cmd) => client::app(cmd).await,
+        Command::Bundle(cmd) => client::bundle(cmd).await,
         Command::Usage(a) => client::usage(&a.c, &a.by, a.from, a.to, a.user).await,
         // The offline commands block on SQLite and the store's writer: off the async threads.
         Command::Audit(AuditCmd::Verify { offline: true, c, .. }) => {

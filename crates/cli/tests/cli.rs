@@ -426,6 +426,19 @@ async fn gateway_commands_quotas_apps_visibility_usage() {
     let out = run(client(&srv, &dir, &["model", "pull", &file_url, "--name", "smol2"]));
     assert!(!out.status.success(), "the file server is gone");
     assert!(String::from_utf8_lossy(&out.stderr).contains("failed"), "{out:?}");
+
+    // A signed bundle to a second appliance.
+    let bundle = tmp.path().join("site.tar");
+    let out = c(&["bundle", "create", "--model", "smol", "--out", bundle.to_str().unwrap()]);
+    let key = std::fs::read_to_string(dir.join("keys/sm2.pub")).unwrap();
+    assert!(out.contains("with smol:latest") && out.contains(&format!("signed by {}", key.trim())), "{out}");
+    let dir2 = tmp.path().join("data2");
+    let mut srv2 = serve(&dir2);
+    setup(&http, &srv2).await;
+    let out = ok(&run(client(&srv2, &dir2, &["bundle", "import", bundle.to_str().unwrap(), "--trust", key.trim()])));
+    assert!(out.contains("signed by the trusted key") && out.contains("smol:latest sha256"), "{out}");
+    assert!(ok(&run(client(&srv2, &dir2, &["model", "list"]))).contains("smol:latest"));
+    assert!(sigterm(&mut srv2.child).success());
     let out = c(&["user", "add", "dora", "--role", "user"]);
     assert!(out.contains("created user dora"), "{out}");
     let out = c(&["user", "limits", "dora", "--tpd", "5000", "--concurrent", "2"]);

@@ -67,6 +67,22 @@ pub fn sm3_parts(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// An incremental SM3 hash, for data too large to hold at once (bundle blobs).
+#[derive(Clone, Default)]
+pub struct Sm3Stream(Sm3);
+
+impl Sm3Stream {
+    /// Feed more bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        Digest::update(&mut self.0, data);
+    }
+
+    /// The digest as lowercase hex.
+    pub fn finish_hex(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
 /// HMAC-SM3 of `data` under `key`.
 pub fn hmac_sm3(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sm3> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");

@@ -1,5 +1,6 @@
-//! Importing the real SmolLM2 from a local HTTP server: resume after a dropped connection,
-//! digest mismatch, server errors, cancellation, and bad requests. Nothing but a verified,
+//! Importing the real SmolLM2 from a local HTTP server (resume after a dropped connection,
+//! digest mismatch, server errors, cancellation, bad requests) and through signed offline
+//! bundles (tampered, unsigned, untrusted, truncated). Nothing but a verified,
 //! complete GGUF is ever registered.
 
 mod common;
@@ -232,4 +233,174 @@ async fn cancelling_a_download_stops_it_and_leaves_nothing() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(leftovers(&srv).is_empty(), "{:?}", leftovers(&srv));
     assert!(srv.events(&admin, "model.pull").await.iter().any(|e| e["details"]["error"] == "cancelled"));
+}
+
+/// Export `models` from `srv` as a bundle file.
+async fn export(srv: &Server, tok: &str, models: Value, out: &std::path::Path) -> StatusCode {
+    let resp = srv
+        .http
+        .post(srv.url("/api/v1/bundles"))
+        .bearer_auth(tok)
+        .json(&json!({"models": models}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    if status == StatusCode::OK {
+        assert_eq!(resp.headers()["content-type"], "application/x-tar");
+        std::fs::write(out, resp.bytes().await.unwrap()).unwrap();
+    }
+    status
+}
+
+/// A tar's entries as (name, bytes).
+type Entries = Vec<(String, Vec<u8>)>;
+
+fn entries(path: &std::path::Path) -> Entries {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+fn write_tar(path: &std::path::Path, items: &Entries) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in items {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+async fn import_bundle(srv: &Server, tok: &str, body: Value) -> (StatusCode, Value) {
+    srv.post("/api/v1/bundles/import", tok, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_bundle_carries_models_to_another_appliance() {
+    let (_, sha) = smol();
+    let a = Server::start().await;
+    let a_admin = a.setup().await;
+    for name in ["smol", "smol:copy"] {
+        let (s, v) = a.post("/api/v1/models", &a_admin, json!({"path": model_file(SMOL), "name": name})).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("site.tar");
+    assert_eq!(export(&a, &a_admin, json!(["smol", "smol:copy"]), &file).await, StatusCode::OK);
+    let items = entries(&file);
+    let names: Vec<&str> = items.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["manifest.json", "manifest.sig", &format!("blobs/sha256-{sha}")], "one blob for two tags");
+    let manifest: Value = serde_json::from_slice(&items[0].1).unwrap();
+    let a_key = std::fs::read_to_string(a.dir.path().join("keys/sm2.pub")).unwrap().trim().to_owned();
+    assert_eq!(manifest["signer"], a_key);
+    assert_eq!(manifest["blobs"][0]["sm3"].as_str().unwrap().len(), 64);
+    assert_eq!(manifest["models"].as_array().unwrap().len(), 2);
+    assert_eq!(export(&a, &a_admin, json!(["nosuch"]), &tmp.path().join("x.tar")).await, StatusCode::NOT_FOUND);
+    assert_eq!(a.events(&a_admin, "bundle.create").await.len(), 1);
+
+    let b = Server::start().await;
+    let b_admin = b.setup().await;
+    let b_key = std::fs::read_to_string(b.dir.path().join("keys/sm2.pub")).unwrap().trim().to_owned();
+    let (s, v) = import_bundle(&b, &b_admin, json!({"path": file, "trust": b_key})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "signed by A, not by B: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not by the trusted key"), "{v}");
+    let (s, v) = import_bundle(&b, &b_admin, json!({"path": file, "trust": a_key})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!((v["signed"].as_bool(), v["trusted"].as_bool()), (Some(true), Some(true)));
+    let ids: Vec<&str> = v["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["smol:latest", "smol:copy"]);
+    let (s, m) = b.get("/api/v1/models/smol:copy", &b_admin).await;
+    assert_eq!((s, m["sha256"].as_str()), (StatusCode::OK, Some(sha.as_str())));
+    assert!(b.dir.path().join(format!("models/blobs/sha256-{sha}")).exists());
+    let ev = b.events(&b_admin, "bundle.import").await;
+    assert!(ev.iter().any(|e| e["outcome"] == "success" && e["details"]["signer"] == a_key), "{ev:?}");
+    // Importing again: the names exist, nothing changes, nothing is left behind.
+    let (s, v) = import_bundle(&b, &b_admin, json!({"path": file, "trust": a_key})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+    let (_, list) = b.get("/api/v1/models", &b_admin).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tampered_unsigned_and_truncated_bundles_are_refused() {
+    let a = Server::start().await;
+    let a_admin = a.setup().await;
+    let (s, _) = a.post("/api/v1/models", &a_admin, json!({"path": model_file(SMOL), "name": "smol"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.tar");
+    assert_eq!(export(&a, &a_admin, json!(["smol"]), &good).await, StatusCode::OK);
+    let items = entries(&good);
+
+    let b = Server::start().await;
+    let b_admin = b.setup().await;
+    let refused = |name: &str, mutate: &dyn Fn(&mut Entries)| {
+        let mut changed = items.clone();
+        mutate(&mut changed);
+        let path = tmp.path().join(name);
+        write_tar(&path, &changed);
+        path
+    };
+    let flipped = refused("flipped.tar", &|it| {
+        let blob = &mut it[2].1;
+        let mid = blob.len() / 2;
+        blob[mid] ^= 0x01;
+    });
+    let relabelled = refused("relabelled.tar", &|it| {
+        let m = String::from_utf8(it[0].1.clone()).unwrap().replace("\"admin\"", "\"mallory\"");
+        it[0].1 = m.into_bytes();
+    });
+    let unsigned = refused("unsigned.tar", &|it| {
+        it.remove(1);
+    });
+    let extra = refused("extra.tar", &|it| it.push(("notes/evil.sh".into(), b"x".to_vec())));
+    let truncated = tmp.path().join("truncated.tar");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let not_tar = tmp.path().join("noise.tar");
+    std::fs::write(&not_tar, b"this is not a tar file at all").unwrap();
+
+    for (path, reason, expect) in [
+        (&flipped, "digest_mismatch", "does not match its digests"),
+        (&relabelled, "bad_signature", "signature does not verify"),
+        (&unsigned, "unsigned", "unsigned"),
+        (&extra, "malformed", "unexpected entry"),
+        (&truncated, "malformed", "not a valid maasbox bundle"),
+        (&not_tar, "malformed", "not a valid maasbox bundle"),
+    ] {
+        let (s, v) = import_bundle(&b, &b_admin, json!({"path": path})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{}: {v}", path.display());
+        assert_error_shape(&v);
+        assert!(v["error"]["message"].as_str().unwrap().contains(expect), "{}: {v}", path.display());
+        let ev = b.events(&b_admin, "bundle.import").await;
+        assert!(ev.iter().any(|e| e["outcome"] == "failure" && e["details"]["path"] == json!(path)), "{reason}");
+        assert!(ev.iter().any(|e| e["outcome"] == "failure" && e["details"]["error"].is_string()));
+    }
+    let (_, list) = b.get("/api/v1/models", &b_admin).await;
+    assert!(list["data"].as_array().unwrap().is_empty(), "nothing registered: {list}");
+    assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+    assert!(!b.dir.path().join("notes").exists());
+
+    // Unsigned is accepted only when asked for, and only without a trusted key.
+    let a_key = std::fs::read_to_string(a.dir.path().join("keys/sm2.pub")).unwrap().trim().to_owned();
+    let (s, _) = import_bundle(&b, &b_admin, json!({"path": unsigned, "allow_unsigned": true, "trust": a_key})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = import_bundle(&b, &b_admin, json!({"path": unsigned, "allow_unsigned": true})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!((v["signed"].as_bool(), v["trusted"].as_bool()), (Some(false), Some(false)));
+    let (s, v) = import_bundle(&b, &b_admin, json!({"path": "/nonexistent/site.tar"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = import_bundle(&b, &b_admin, json!({"path": good, "trust": "zz"})).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("trust")));
 }
