@@ -32,6 +32,22 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Default quotas of every user.
     pub quotas: QuotaConfig,
+    /// Upstream providers.
+    pub upstreams: UpstreamConfig,
+}
+
+/// `[upstreams]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Seconds between health checks (`GET {base_url}/models`) of each upstream.
+    pub health_interval_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self { health_interval_secs: 30 }
+    }
 }
 
 /// `[quotas]`: what a user without limits of their own gets (0 = no limit). API keys add their

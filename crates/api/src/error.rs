@@ -160,6 +160,20 @@ where
     }
 }
 
+/// Deserialize a JSON value into `T` with the same OpenAI-shaped, field-naming errors as
+/// [`ApiJson`] (for handlers that look at the raw body first).
+pub fn from_value<T: DeserializeOwned>(v: serde_json::Value) -> ApiResult<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let detail = if path == "." { inner } else { format!("{path}: {inner}") };
+        let param = field_from_serde(&detail);
+        let mut err = ApiError::new(ErrorCode::InvalidField, detail);
+        err.param = param;
+        err
+    })
+}
+
 fn json_rejection(rej: JsonRejection) -> ApiError {
     match rej {
         JsonRejection::JsonDataError(e) => {

@@ -38,6 +38,7 @@ mod logging;
 pub mod quota;
 mod routes;
 pub mod state;
+pub mod upstream;
 
 pub use auth::Principal;
 pub use config::Config;
@@ -57,6 +58,7 @@ pub use state::{AppState, Startup};
         (name = "models", description = "The model registry"),
         (name = "apps", description = "Assistants: a model with a system prompt and defaults, called as app:<name>"),
         (name = "usage", description = "Metered use and quotas"),
+        (name = "upstreams", description = "OpenAI-compatible providers that model names route to"),
     )
 )]
 struct ApiDoc;
@@ -85,6 +87,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::pull::router())
         .merge(routes::bundles::router())
         .merge(routes::apps::router())
+        .merge(routes::upstreams::router())
         .merge(routes::usage::router())
         .split_for_parts()
 }
@@ -356,6 +359,17 @@ pub async fn serve(
             }
         })
     };
+    let health = {
+        let st = state.clone();
+        let every = Duration::from_secs(st.config().upstreams.health_interval_secs.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                st.check_upstreams().await;
+            }
+        })
+    };
     let app = router(state.clone());
     tracing::info!(%addr, "maasbox listening");
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -363,6 +377,7 @@ pub async fn serve(
         .await?;
     flusher.abort();
     reaper.abort();
+    health.abort();
     state.flush_key_uses().await;
     state.audit_system("system.stop", serde_json::json!({})).await?;
     let store = state.store().clone();

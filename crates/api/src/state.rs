@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     pub meter: Arc<crate::quota::Meter>,
     /// Model downloads in progress (and finished ones for an hour).
     pub imports: crate::routes::pull::Imports,
+    /// Upstream providers with their opened keys and health.
+    pub upstreams: crate::upstream::Upstreams,
     pub started: Instant,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
@@ -147,6 +149,8 @@ impl AppState {
         };
 
         let limiter = LoginLimiter::new(&config.auth);
+        let upstreams = crate::upstream::Upstreams::default();
+        upstreams.reload(store.read_blocking(maasbox_store::upstreams::list_with_keys)?, &master);
         let meter = Arc::new(crate::quota::Meter::default());
         let now = maasbox_types::now_millis();
         meter.restore(store.read_blocking(move |c| maasbox_store::usage::counters(c, now))?, now);
@@ -167,6 +171,7 @@ impl AppState {
             load_lock: tokio::sync::Mutex::new(()),
             meter,
             imports: Default::default(),
+            upstreams,
             started: Instant::now(),
             config,
             _lock: lock,
@@ -214,6 +219,29 @@ impl AppState {
         };
         self.0.store.write(move |_| Ok(WriteOutcome::audited((), ev))).await?;
         Ok(())
+    }
+
+    /// Re-read the upstreams after a change.
+    pub async fn reload_upstreams(&self) -> anyhow::Result<()> {
+        let rows = self.0.store.read(maasbox_store::upstreams::list_with_keys).await?;
+        self.0.upstreams.reload(rows, &self.0.master);
+        Ok(())
+    }
+
+    /// Check every enabled upstream once; a change of state is logged and audited.
+    pub async fn check_upstreams(&self) {
+        for u in self.0.upstreams.all().into_iter().filter(|u| u.rec.enabled) {
+            let result = self.0.upstreams.check(&u).await;
+            let up = result.is_ok();
+            if u.mark(up, result.clone().err()) {
+                let action = if up { "upstream.up" } else { "upstream.down" };
+                tracing::warn!(upstream = %u.rec.name, error = ?result.as_ref().err(), "{action}");
+                let details = serde_json::json!({"upstream": u.rec.name, "error": result.err()});
+                if let Err(e) = self.audit_system(action, details).await {
+                    tracing::warn!(error = %e, "could not audit an upstream state change");
+                }
+            }
+        }
     }
 
     /// Write recorded API-key uses to the store (not audited: a read is not a change).

@@ -357,3 +357,162 @@ async fn apps_add_their_prompt_and_defaults_and_scoped_keys_reach_only_them() {
         assert!(srv.events(&admin, action).await.iter().any(|e| e["outcome"] == "success"), "{action}");
     }
 }
+
+/// An OpenAI-compatible stub whose completions always fail with a 500; counts the attempts.
+async fn failing_stub() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new()
+        .route("/v1/models", axum::routing::get(|| async { axum::Json(json!({"object": "list", "data": []})) }))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"message": "boom"}})))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), hits)
+}
+
+async fn wait_health(srv: &Server, admin: &str, name: &str, healthy: bool) {
+    // Health checks run every second in this test; poll the API until the state flips.
+    for _ in 0..100 {
+        let (_, v) = srv.get(&format!("/api/v1/upstreams/{name}"), admin).await;
+        if v["healthy"] == healthy {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("upstream {name} never became healthy={healthy}");
+}
+
+/// Collect an SSE response: (text, data lines as JSON, [DONE] count).
+async fn sse(resp: reqwest::Response) -> (String, Vec<Value>, usize) {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let raw = resp.text().await.unwrap();
+    let (mut text, mut chunks, mut done) = (String::new(), Vec::new(), 0);
+    for line in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            done += 1;
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        chunks.push(v);
+    }
+    (text, chunks, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstreams_fall_back_stream_through_and_are_metered_and_health_checked() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (b, b_admin) = server().await;
+    let b_key = key(&b, &b_admin, json!({"name": "for-a"})).await;
+    let (stub, stub_hits) = failing_stub().await;
+    let a = Server::start_with(|c| c.upstreams.health_interval_secs = 1).await;
+    let a_admin = a.setup().await;
+    let b_url = format!("http://{}/v1", b.addr);
+
+    for (body, status) in [
+        (json!({"name": "flaky", "base_url": stub, "models": ["smollm2:135m"], "priority": 1}), StatusCode::CREATED),
+        (
+            json!({"name": "b", "base_url": b_url, "api_key": b_key, "models": ["smollm2:135m"], "priority": 2}),
+            StatusCode::CREATED,
+        ),
+        (json!({"name": "b", "base_url": b_url, "models": ["x"]}), StatusCode::CONFLICT),
+        (json!({"name": "bad", "base_url": "ftp://example.com", "models": ["x"]}), StatusCode::BAD_REQUEST),
+        (json!({"name": "bad", "base_url": "http://u:p@example.com/v1", "models": ["x"]}), StatusCode::BAD_REQUEST),
+    ] {
+        let (s, v) = a.post("/api/v1/upstreams", &a_admin, body).await;
+        assert_eq!(s, status, "{v}");
+    }
+    let (_, list) = a.get("/api/v1/upstreams", &a_admin).await;
+    let text = list.to_string();
+    assert!(!text.contains(&b_key) && !text.contains("\"api_key\""), "the key is never returned: {text}");
+    assert_eq!(list["data"][1]["has_api_key"], true);
+    let sealed: Vec<u8> =
+        a.db().query_row("SELECT api_key_sealed FROM upstreams WHERE name = 'b'", [], |r| r.get(0)).unwrap();
+    assert!(!sealed.windows(b_key.len()).any(|w| w == b_key.as_bytes()), "sealed at rest");
+
+    let (_, user) = a.user(&a_admin, "hana", "user").await;
+    let (s, _) = a.get("/api/v1/upstreams", &user).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, models) = a.get("/v1/models", &user).await;
+    assert_eq!(models["data"][0]["id"], "smollm2:135m");
+    assert_eq!(models["data"][0]["owned_by"], "upstream");
+
+    // Non-streaming: the failing stub is tried first, then B answers; same text as B direct.
+    let body = q("smollm2:135m", "Name a colour.", Some(12));
+    let (s, via_a) = a.post("/v1/chat/completions", &user, body.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{via_a}");
+    let (_, direct) = b.post("/v1/chat/completions", &b_admin, body.clone()).await;
+    assert_eq!(via_a["choices"][0]["message"], direct["choices"][0]["message"]);
+    assert_eq!(stub_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let ev = a.events(&a_admin, "inference.chat").await;
+    let last = ev.iter().find(|e| e["outcome"] == "success").unwrap();
+    assert_eq!(last["details"]["route"], "upstream:b");
+    assert_eq!(last["details"]["fallbacks"][0]["upstream"], "flaky");
+    assert_eq!(last["details"]["completion_tokens"], via_a["usage"]["completion_tokens"]);
+
+    // Streaming passes through chunk by chunk, one [DONE], usage only when asked.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let resp = a.http.post(a.url("/v1/chat/completions")).bearer_auth(&user).json(&sbody).send().await.unwrap();
+    let (streamed, chunks, done) = sse(resp).await;
+    assert_eq!(streamed, via_a["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(done, 1);
+    assert!(chunks.len() > 3, "{chunks:?}");
+    assert!(chunks.iter().all(|c| c.get("usage").is_none_or(Value::is_null)), "usage was not asked for");
+    sbody["stream_options"] = json!({"include_usage": true});
+    let resp = a.http.post(a.url("/v1/chat/completions")).bearer_auth(&user).json(&sbody).send().await.unwrap();
+    let (_, chunks, _) = sse(resp).await;
+    let usage = chunks.iter().find(|c| c["usage"].is_object()).expect("usage chunk")["usage"].clone();
+    assert_eq!(usage["completion_tokens"], via_a["usage"]["completion_tokens"]);
+    let metered: i64 = a
+        .db()
+        .query_row("SELECT SUM(completion_tokens) FROM usage WHERE username = 'hana' AND status = 200", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(metered, 3 * via_a["usage"]["completion_tokens"].as_i64().unwrap());
+
+    // The caller's bad request is not retried elsewhere and keeps the upstream's message.
+    let mut bad = body.clone();
+    bad["temperature"] = json!(7);
+    let (s, v) = a.post("/v1/chat/completions", &user, bad).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("temperature"), "{v}");
+
+    // Quotas apply as for local models.
+    let limited = key(&a, &a_admin, json!({"name": "two", "limits": {"requests_per_minute": 2}})).await;
+    for expect in [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        let (s, v) = a.post("/v1/chat/completions", &limited, q("smollm2:135m", "Hi", Some(1))).await;
+        assert_eq!(s, expect, "{v}");
+    }
+
+    // B goes away: the health check marks it down, requests fail over to nothing, then it
+    // comes back up.
+    let (s, _) = a.patch("/api/v1/upstreams/b", &a_admin, json!({"base_url": "http://127.0.0.1:9/v1"})).await;
+    assert_eq!(s, StatusCode::OK);
+    wait_health(&a, &a_admin, "b", false).await;
+    let (s, v) = a.post("/v1/chat/completions", &user, q("smollm2:135m", "Hi", Some(1))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(assert_error_shape(&v).1, "upstream_error");
+    let (s, _) = a.patch("/api/v1/upstreams/b", &a_admin, json!({"base_url": b_url})).await;
+    assert_eq!(s, StatusCode::OK);
+    wait_health(&a, &a_admin, "b", true).await;
+    let (s, v) = a.post("/v1/chat/completions", &user, q("smollm2:135m", "Hi", Some(1))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(!a.events(&a_admin, "upstream.down").await.is_empty());
+    assert!(!a.events(&a_admin, "upstream.up").await.is_empty());
+    let (s, _) = a.req(Method::DELETE, "/api/v1/upstreams/flaky", Some(&a_admin), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}

@@ -21,6 +21,7 @@ pub mod keys;
 mod migrations;
 pub mod models;
 pub mod sessions;
+pub mod upstreams;
 pub mod usage;
 pub mod users;
 mod writer;

@@ -150,6 +150,20 @@ const MIGRATIONS: &[&str] = &[
         updated_at      INTEGER NOT NULL
     );
     "#,
+    // 4: upstream providers (their API keys sealed with SM4-GCM under the master key).
+    r#"
+    CREATE TABLE upstreams (
+        name           TEXT PRIMARY KEY,
+        base_url       TEXT NOT NULL,
+        api_key_sealed BLOB,
+        models         TEXT NOT NULL,
+        priority       INTEGER NOT NULL,
+        enabled        INTEGER NOT NULL,
+        created_by     TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

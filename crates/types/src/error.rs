@@ -92,6 +92,8 @@ error_codes! {
     Timeout => (408, "invalid_request_error", "request_timeout");
     /// Something failed inside the server; details are in its log, not in the response.
     Internal => (500, "server_error", "internal_error");
+    /// Every upstream provider for the model failed (see the message for each one's reason).
+    UpstreamFailed => (502, "server_error", "upstream_error");
     /// The server is shutting down or overloaded.
     Unavailable => (503, "server_error", "service_unavailable");
 }

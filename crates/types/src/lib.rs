@@ -96,6 +96,8 @@ pub enum Permission {
     ModelsManage,
     /// Create, change and delete apps.
     AppsManage,
+    /// Add, change and remove upstream providers.
+    UpstreamsManage,
 }
 
 /// Whether an account may sign in.
@@ -256,6 +258,29 @@ impl Visibility {
             || self.roles.contains(&role)
             || self.users.iter().any(|u| u.eq_ignore_ascii_case(username))
     }
+}
+
+/// An upstream OpenAI-compatible provider that some model names route to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UpstreamRecord {
+    /// Unique name.
+    pub name: String,
+    /// Base URL including the API prefix, e.g. `https://api.example.com/v1`.
+    pub base_url: String,
+    /// Model names served there (requests use the same name upstream).
+    pub models: Vec<String>,
+    /// Order among the targets of a model: lower first; the local registry model counts as 0.
+    pub priority: i64,
+    /// Disabled upstreams receive no requests.
+    pub enabled: bool,
+    /// Whether an API key is stored (the key itself is never returned).
+    pub has_api_key: bool,
+    /// Who added it.
+    pub created_by: String,
+    /// When (Unix seconds).
+    pub created_at: UnixSeconds,
+    /// Last change.
+    pub updated_at: UnixSeconds,
 }
 
 /// Default sampling of an app; a request's own values win.

@@ -10,5 +10,6 @@ pub(crate) mod models;
 pub(crate) mod openai;
 pub(crate) mod pull;
 pub(crate) mod system;
+pub(crate) mod upstreams;
 pub(crate) mod usage;
 pub(crate) mod users;

@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::error::{from_value, ApiError, ApiJson, ApiResult};
 use crate::quota::Permit;
-use crate::routes::gateway::{self, Endpoint, Finished, Target};
+use crate::routes::gateway::{self, Endpoint, Finished, Route, Target, Upstreamed};
 use crate::routes::models::{ensure_loaded, parse_keep_alive};
 use crate::state::AppState;
 
@@ -163,6 +163,8 @@ struct Common {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct ChatRequest {
+    /// Resolved from the raw body by the gateway; declared so the field is known.
+    #[allow(dead_code)]
     model: String,
     messages: Vec<Message>,
     #[serde(default)]
@@ -173,6 +175,8 @@ struct ChatRequest {
 
 #[derive(Deserialize, Debug)]
 struct CompletionRequest {
+    /// Resolved from the raw body by the gateway; declared so the field is known.
+    #[allow(dead_code)]
     model: String,
     prompt: StringOrList,
     #[serde(flatten)]
@@ -182,6 +186,8 @@ struct CompletionRequest {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct EmbeddingRequest {
+    /// Resolved from the raw body by the gateway; declared so the field is known.
+    #[allow(dead_code)]
     model: String,
     input: StringOrList,
     #[serde(default)]
@@ -333,6 +339,18 @@ async fn list_models(State(st): State<AppState>, p: Principal) -> ApiResult<Json
                 .map(|r| json!({"id": r.id, "object": "model", "created": r.created_at, "owned_by": "maasbox"})),
         );
     }
+    let listed: std::collections::HashSet<String> =
+        data.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect();
+    if p.key_app.is_none() {
+        let mut seen = listed;
+        for u in st.0.upstreams.all().into_iter().filter(|u| u.rec.enabled) {
+            for m in &u.rec.models {
+                if p.may_use_model(m) && seen.insert(m.clone()) {
+                    data.push(json!({"id": m, "object": "model", "created": u.rec.created_at, "owned_by": "upstream"}));
+                }
+            }
+        }
+    }
     for a in all_apps {
         let id = format!("app:{}", a.name);
         let model_ok = usable.iter().any(|r| r.id == a.model && (p.may_use_model(&r.id) || p.may_use_model(&id)));
@@ -409,9 +427,32 @@ async fn load(st: &AppState, target: &Target, keep_alive: Option<&Value>) -> Api
     ensure_loaded(st, &target.model, keep).await
 }
 
-async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<ChatRequest>) -> ApiResult<Response> {
+/// Resolve and admit a request, then serve it upstream when its first route is an upstream.
+/// `Err` hands the request (its target and permit) to the local engine.
+async fn route(
+    st: &AppState,
+    p: &Principal,
+    endpoint: Endpoint,
+    body: &mut Value,
+    started: (i64, Instant),
+) -> ApiResult<Result<Response, (Target, Permit)>> {
+    let (target, permit) = gateway::enter(st, p, endpoint, body).await?;
+    if matches!(target.routes.first(), Some(Route::Local)) {
+        return Ok(Err((target, permit)));
+    }
+    match gateway::try_upstreams(st, p, endpoint, target, body.clone(), permit, started).await? {
+        Upstreamed::Done(r) => Ok(Ok(r)),
+        Upstreamed::Local(local) => Ok(Err(*local)),
+    }
+}
+
+async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJson<Value>) -> ApiResult<Response> {
     let started = (now_millis(), Instant::now());
-    let target = gateway::resolve(&st, &p, &req.model, Endpoint::Chat.action()).await?;
+    let (target, permit) = match route(&st, &p, Endpoint::Chat, &mut body, started).await? {
+        Ok(served) => return Ok(served),
+        Err(local) => local,
+    };
+    let req: ChatRequest = from_value(body)?;
     let mut common = req.common;
     if let Some(app) = &target.app {
         apply_app_params(&mut common, &app.params);
@@ -439,8 +480,6 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<Ch
     if common.keep_alive.is_some() {
         parse_keep_alive(common.keep_alive.as_ref().unwrap_or(&Value::Null))?;
     }
-    let reserve = max.unwrap_or(st.config().engine.default_max_tokens) as u64;
-    let permit = gateway::admit(&st, &p, Endpoint::Chat, &target, reserve).await?;
     let model = load(&st, &target, common.keep_alive.as_ref()).await?;
     let m2 = model.clone();
     let prompt = tokio::task::spawn_blocking(move || m2.tokenize_chat(&msgs))
@@ -463,10 +502,14 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<Ch
 async fn completions(
     State(st): State<AppState>,
     p: Principal,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    ApiJson(mut body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let started = (now_millis(), Instant::now());
-    let target = gateway::resolve(&st, &p, &req.model, Endpoint::Completion.action()).await?;
+    let (target, permit) = match route(&st, &p, Endpoint::Completion, &mut body, started).await? {
+        Ok(served) => return Ok(served),
+        Err(local) => local,
+    };
+    let req: CompletionRequest = from_value(body)?;
     let (params, stop, max) = common_params(&req.common)?;
     let prompts = req.prompt.into_vec();
     if prompts.len() != 1 {
@@ -475,7 +518,6 @@ async fn completions(
     if let Some(k) = &req.common.keep_alive {
         parse_keep_alive(k)?;
     }
-    let permit = gateway::admit(&st, &p, Endpoint::Completion, &target, max.unwrap_or(16) as u64).await?;
     let model = load(&st, &target, req.common.keep_alive.as_ref()).await?;
     let prompt = model.tokenize(&prompts[0]);
     if prompt.is_empty() {
@@ -708,11 +750,15 @@ async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> Ap
 async fn embeddings(
     State(st): State<AppState>,
     p: Principal,
-    ApiJson(req): ApiJson<EmbeddingRequest>,
+    ApiJson(mut body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let started = (now_millis(), Instant::now());
+    let (target, permit) = match route(&st, &p, Endpoint::Embeddings, &mut body, started).await? {
+        Ok(served) => return Ok(served),
+        Err(local) => local,
+    };
+    let req: EmbeddingRequest = from_value(body)?;
     let _ = &req.user;
-    let target = gateway::resolve(&st, &p, &req.model, Endpoint::Embeddings.action()).await?;
     if req.dimensions.is_some() {
         return Err(unsupported("dimensions", "this model's vectors have a fixed size"));
     }
@@ -736,7 +782,6 @@ async fn embeddings(
     if let Some(k) = &req.keep_alive {
         parse_keep_alive(k)?;
     }
-    let permit = gateway::admit(&st, &p, Endpoint::Embeddings, &target, 0).await?;
     let model = load(&st, &target, req.keep_alive.as_ref()).await?;
     let name = model.info().name.clone();
     let result = model.embed(&inputs).await;
