@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{AppCmd, AuditCmd, BundleCmd, ClientArgs, KeyCmd, LimitArgs, ModelCmd, UserCmd};
+use crate::{AppCmd, AuditCmd, BundleCmd, ClientArgs, KeyCmd, LimitArgs, ModelCmd, UpstreamCmd, UserCmd};
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -712,5 +712,60 @@ pub(crate) async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+pub(crate) async fn upstream(cmd: UpstreamCmd) -> anyhow::Result<()> {
+    match cmd {
+        UpstreamCmd::Add { name, url, models, priority, api_key_stdin, c } => {
+            let cl = Client::new(&c)?;
+            let key = if api_key_stdin { Some(read_password(true, "")?) } else { None };
+            let body = json!({"name": name, "base_url": url, "models": models, "priority": priority, "api_key": key});
+            let v = cl.call(Method::POST, "/api/v1/upstreams", Some(body)).await?;
+            cl.print(&v, |v| {
+                println!(
+                    "added upstream {} ({} models, priority {}, key {})",
+                    s(&v["name"]),
+                    v["models"].as_array().map_or(0, Vec::len),
+                    s(&v["priority"]),
+                    if v["has_api_key"] == true { "sealed" } else { "none" }
+                )
+            });
+        }
+        UpstreamCmd::List { c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, "/api/v1/upstreams", None).await?;
+            cl.print(&v, |v| {
+                let mut rows = vec![["NAME", "URL", "PRIORITY", "STATE", "MODELS"].map(String::from).to_vec()];
+                for u in v["data"].as_array().into_iter().flatten() {
+                    let state = match (u["enabled"].as_bool(), u["healthy"].as_bool()) {
+                        (Some(false), _) => "disabled".to_owned(),
+                        (_, Some(true)) => "up".to_owned(),
+                        _ => format!("down ({})", s(&u["last_error"])),
+                    };
+                    let models = u["models"]
+                        .as_array()
+                        .map(|m| m.iter().map(s).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    rows.push(vec![s(&u["name"]), s(&u["base_url"]), s(&u["priority"]), state, models]);
+                }
+                table(&rows);
+            });
+        }
+        UpstreamCmd::Disable { name, c } => set_upstream_enabled(&c, &name, false).await?,
+        UpstreamCmd::Enable { name, c } => set_upstream_enabled(&c, &name, true).await?,
+        UpstreamCmd::Rm { name, c } => {
+            let cl = Client::new(&c)?;
+            cl.call(Method::DELETE, &format!("/api/v1/upstreams/{name}"), None).await?;
+            println!("removed upstream {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn set_upstream_enabled(c: &ClientArgs, name: &str, enabled: bool) -> anyhow::Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.call(Method::PATCH, &format!("/api/v1/upstreams/{name}"), Some(json!({"enabled": enabled}))).await?;
+    cl.print(&v, |v| println!("upstream {} is {}", s(&v["name"]), if enabled { "enabled" } else { "disabled" }));
     Ok(())
 }

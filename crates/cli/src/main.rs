@@ -46,6 +46,9 @@ enum Command {
     /// Signed offline bundles of models, for air-gapped sites.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Upstream OpenAI-compatible providers that model names route to (admins).
+    #[command(subcommand)]
+    Upstream(UpstreamCmd),
     /// Manage apps (assistants called as `app:<name>`).
     #[command(subcommand)]
     App(AppCmd),
@@ -239,6 +242,55 @@ enum BundleCmd {
         /// Accept a bundle without a signature.
         #[arg(long, conflicts_with = "trust")]
         allow_unsigned: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UpstreamCmd {
+    /// Add an upstream; its API key is read from standard input with --api-key-stdin.
+    Add {
+        /// Name.
+        name: String,
+        /// Base URL with the API prefix, e.g. http://10.0.0.5:8686/v1.
+        #[arg(long)]
+        url: String,
+        /// Comma-separated model names to route there.
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<String>,
+        /// Lower is tried first; a local model of the same name counts as 0.
+        #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
+        priority: i64,
+        /// Read the upstream's API key from standard input.
+        #[arg(long)]
+        api_key_stdin: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List upstreams with their health.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Stop routing to an upstream without removing it.
+    Disable {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Route to a disabled upstream again.
+    Enable {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Remove an upstream.
+    Rm {
+        /// Name.
+        name: String,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -507,6 +559,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => client::model(cmd).await,
         Command::App(cmd) => client::app(cmd).await,
         Command::Bundle(cmd) => client::bundle(cmd).await,
+        Command::Upstream(cmd) => client::upstream(cmd).await,
         Command::Usage(a) => client::usage(&a.c, &a.by, a.from, a.to, a.user).await,
         // The offline commands block on SQLite and the store's writer: off the async threads.
         Command::Audit(AuditCmd::Verify { offline: true, c, .. }) => {

@@ -438,6 +438,26 @@ async fn gateway_commands_quotas_apps_visibility_usage() {
     let out = ok(&run(client(&srv2, &dir2, &["bundle", "import", bundle.to_str().unwrap(), "--trust", key.trim()])));
     assert!(out.contains("signed by the trusted key") && out.contains("smol:latest sha256"), "{out}");
     assert!(ok(&run(client(&srv2, &dir2, &["model", "list"]))).contains("smol:latest"));
+
+    // The second appliance as an upstream of the first, its key from stdin.
+    let out = ok(&run(client(&srv2, &dir2, &["key", "create", "--name", "site1"])));
+    let site2_key = last_secret(&out);
+    let mut child = client(&srv, &dir, &["upstream", "add", "site2", "--url", &format!("{}/v1", srv2.url)])
+        .args(["--models", "remote-smol,other", "--priority", "-1", "--api-key-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{site2_key}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let out = ok(&out);
+    assert!(out.contains("added upstream site2 (2 models, priority -1, key sealed)"), "{out}");
+    let out = c(&["upstream", "list"]);
+    assert!(out.contains("site2") && out.contains("up") && out.contains("remote-smol,other"), "{out}");
+    assert!(c(&["upstream", "disable", "site2"]).contains("disabled"));
+    assert!(c(&["upstream", "list"]).contains("disabled"));
+    c(&["upstream", "rm", "site2"]);
+    assert!(!c(&["upstream", "list"]).contains("site2"));
     assert!(sigterm(&mut srv2.child).success());
     let out = c(&["user", "add", "dora", "--role", "user"]);
     assert!(out.contains("created user dora"), "{out}");
