@@ -33,6 +33,9 @@ pub struct BundleModel {
     pub info: serde_json::Value,
     /// Where the exporting appliance got it.
     pub source: String,
+    /// For a LoRA adapter: its base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// One blob in a bundle.

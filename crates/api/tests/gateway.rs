@@ -516,3 +516,73 @@ async fn upstreams_fall_back_stream_through_and_are_metered_and_health_checked()
     let (s, _) = a.req(Method::DELETE, "/api/v1/upstreams/flaky", Some(&a_admin), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lora_adapters_apply_per_request_and_never_share_a_batch() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (srv, admin) = server().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (changing, noop, other) = (tmp.path().join("a.gguf"), tmp.path().join("z.gguf"), tmp.path().join("o.gguf"));
+    common::make_lora(&changing, &["--seed", "7"]);
+    common::make_lora(&noop, &["--zero"]);
+    common::make_lora(&other, &["--seed", "11"]);
+    let import = |path: &std::path::Path, name: &str, base: Option<&str>| {
+        let mut body = json!({"path": path, "name": name});
+        if let Some(b) = base {
+            body["base"] = json!(b);
+        }
+        srv.post("/api/v1/models", &admin, body)
+    };
+    let (s, v) = import(&changing, "pirate", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "an adapter needs a base: {v}");
+    let (s, v) = import(&changing, "pirate", Some("nosuch")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = srv
+        .post("/api/v1/models", &admin, json!({"path": model_file(SMOL), "name": "x", "base": "smollm2:135m"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a model has no base: {v}");
+    let (s, v) = import(&changing, "pirate", Some("smollm2:135m")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!((v["info"]["kind"].as_str(), v["base"].as_str()), (Some("lora"), Some("smollm2:135m")));
+    let (s, _) = import(&noop, "noop", Some("smollm2:135m")).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let say = |model: &str| q(model, "Write one sentence about the sea.", Some(24));
+    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+    let (s, plain) = srv.post("/v1/chat/completions", &admin, say("smollm2:135m")).await;
+    assert_eq!(s, StatusCode::OK, "{plain}");
+    let (s, zero) = srv.post("/v1/chat/completions", &admin, say("smollm2:135m+noop")).await;
+    assert_eq!(s, StatusCode::OK, "{zero}");
+    assert_eq!(text(&zero), text(&plain), "a LoRA with B = 0 changes nothing");
+    let (_, lora) = srv.post("/v1/chat/completions", &admin, say("smollm2:135m+pirate")).await;
+    assert_ne!(text(&lora), text(&plain), "the adapter changes the output");
+    let (_, alias) = srv.post("/v1/chat/completions", &admin, say("pirate")).await;
+    assert_eq!(text(&alias), text(&lora), "the adapter's own name is an alias for base+adapter");
+
+    // Concurrent requests with and without the adapter each get what they get alone.
+    let models = ["smollm2:135m", "smollm2:135m+pirate", "smollm2:135m", "pirate", "smollm2:135m+noop"];
+    let all = futures::future::join_all(models.iter().map(|m| srv.post("/v1/chat/completions", &admin, say(m)))).await;
+    for ((s, v), m) in all.iter().zip(models) {
+        assert_eq!(*s, StatusCode::OK, "{v}");
+        let want = if m.contains("pirate") { text(&lora) } else { text(&plain) };
+        assert_eq!(text(v), want, "{m} under concurrency");
+    }
+
+    // An adapter added while the base is loaded: the idle base reloads with it.
+    let (s, _) = import(&other, "other", Some("smollm2:135m")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = srv.post("/v1/chat/completions", &admin, say("smollm2:135m+other")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(text(&v), text(&plain));
+    let (s, _) = srv.post("/v1/chat/completions", &admin, say("smollm2:135m+nosuch")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = srv.post("/v1/chat/completions", &admin, say("pirate+noop")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = srv.req(Method::DELETE, "/api/v1/models/smollm2:135m?force=true", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "adapters hang on it: {v}");
+    let metered: i64 = srv
+        .db()
+        .query_row("SELECT COUNT(*) FROM usage WHERE model = 'smollm2:135m+pirate:latest'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(metered, 4);
+}

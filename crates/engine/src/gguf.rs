@@ -51,6 +51,8 @@ pub struct GgufInfo {
     pub license: Option<String>,
     /// Tensor count.
     pub tensors: u64,
+    /// `model`, or `lora` for a LoRA adapter (`general.type = adapter`, `adapter.type = lora`).
+    pub kind: String,
 }
 
 /// Architectures this build has been checked with (llama.cpp supports more; extend as tested).
@@ -264,6 +266,13 @@ pub fn read_info(path: &Path) -> Result<GgufInfo, GgufError> {
         chat_template: kv.get("tokenizer.chat_template").and_then(Val::as_str).map(str::to_owned),
         license: kv.get("general.license").and_then(Val::as_str).map(str::to_owned),
         tensors: n_tensors,
+        kind: match (kv.get("general.type").and_then(Val::as_str), kv.get("adapter.type").and_then(Val::as_str)) {
+            (Some("adapter"), Some("lora")) => "lora".to_owned(),
+            (Some("adapter"), Some(other)) => {
+                return Err(GgufError::Architecture(format!("{arch} adapter of type {other}")))
+            }
+            _ => "model".to_owned(),
+        },
         architecture: arch,
     })
 }

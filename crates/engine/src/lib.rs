@@ -159,6 +159,8 @@ pub struct GenJob {
     params: SamplingParams,
     max_tokens: usize,
     stop: Vec<String>,
+    /// Index into the model's adapters; slots only decode together with the same one.
+    adapter: Option<usize>,
     events: mpsc::Sender<GenEvent>,
     queued_at: Instant,
     /// Counts the request as active until the engine is done with it.
@@ -225,6 +227,20 @@ pub struct ModelSpec {
     pub n_threads: i32,
     /// Layers to offload to the GPU (`None` = all that the build supports).
     pub n_gpu_layers: Option<u32>,
+    /// LoRA adapters requests may select (loaded with the model; llama.cpp needs them before
+    /// the model is shared).
+    pub adapters: Vec<AdapterSpec>,
+}
+
+/// A LoRA adapter GGUF for a model.
+#[derive(Clone, Debug)]
+pub struct AdapterSpec {
+    /// Registry name.
+    pub name: String,
+    /// GGUF path.
+    pub path: PathBuf,
+    /// Scale (1.0 = as trained).
+    pub scale: f32,
 }
 
 /// Facts about a loaded model.
@@ -246,6 +262,8 @@ pub struct ModelInfo {
     pub embedding: bool,
     /// Slots.
     pub parallel: usize,
+    /// LoRA adapters loaded with it, by index (what [`LoadedModel::generate`] selects).
+    pub adapters: Vec<String>,
 }
 
 /// A model with its engine thread.
@@ -305,7 +323,11 @@ impl LoadedModel {
         params: SamplingParams,
         max_tokens: usize,
         stop: Vec<String>,
+        adapter: Option<usize>,
     ) -> Result<mpsc::Receiver<GenEvent>, EngineError> {
+        if adapter.is_some_and(|a| a >= self.info.adapters.len()) {
+            return Err(EngineError::BadRequest(format!("{} has no such LoRA adapter", self.info.name)));
+        }
         if self.info.embedding {
             return Err(EngineError::BadRequest(format!(
                 "{} is an embedding model; use /v1/embeddings",
@@ -325,6 +347,7 @@ impl LoadedModel {
             params,
             max_tokens,
             stop,
+            adapter,
             events: tx,
             queued_at: Instant::now(),
             active: ActiveGuard::new(&self.use_),
@@ -523,8 +546,16 @@ impl EngineHandle {
         if let Some(n) = spec.n_gpu_layers {
             params = params.with_n_gpu_layers(n);
         }
-        let model =
+        let mut model =
             LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| EngineError::Load(e.to_string()))?;
+        let mut loras = Vec::with_capacity(spec.adapters.len());
+        for a in &spec.adapters {
+            check_gguf(&a.path)?;
+            let lora = model
+                .lora_adapter_init(&a.path)
+                .map_err(|e| EngineError::Load(format!("LoRA adapter '{}' does not fit this model: {e}", a.name)))?;
+            loras.push((lora, a.scale));
+        }
         let model = Arc::new(model);
         let arch = model.meta_val_str("general.architecture").unwrap_or_default();
         let embedding = model.meta_val_str(&format!("{arch}.pooling_type")).is_ok() || arch == "bert";
@@ -547,7 +578,7 @@ impl EngineHandle {
                 if embedding {
                     runner::run_embeddings(m2, backend, cfg, rx, ready_tx)
                 } else {
-                    runner::run_generation(m2, backend, cfg, rx, ready_tx)
+                    runner::run_generation(m2, loras, backend, cfg, rx, ready_tx)
                 }
             })
             .map_err(|e| EngineError::Load(e.to_string()))?;
@@ -562,6 +593,7 @@ impl EngineHandle {
             n_embd: model.n_embd(),
             embedding,
             parallel: if embedding { 1 } else { parallel },
+            adapters: spec.adapters.iter().map(|a| a.name.clone()).collect(),
         };
         tracing::info!(model = %spec.name, ?info, "model loaded");
         let loaded = Arc::new(LoadedModel {

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
@@ -59,6 +59,10 @@ struct Slot {
     started: Instant,
     first_token: Option<Instant>,
     cache_hit: usize,
+    /// The LoRA adapter of the running request, and under which `cached` was computed.
+    adapter: Option<usize>,
+    /// Last step this slot was decoded in (slots of other adapters wait their turn).
+    served: Instant,
 }
 
 impl Slot {
@@ -82,6 +86,8 @@ impl Slot {
             started: Instant::now(),
             first_token: None,
             cache_hit: 0,
+            adapter: None,
+            served: Instant::now(),
         }
     }
 
@@ -120,6 +126,15 @@ fn lcp(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Reusable prefix of a slot for a job: keys and values computed under another adapter differ.
+fn reusable(s: &Slot, job: &GenJob) -> usize {
+    if s.adapter == job.adapter {
+        lcp(&s.cached, &job.prompt)
+    } else {
+        0
+    }
+}
+
 pub(crate) struct RunnerConfig {
     pub n_ctx: u32,
     pub parallel: usize,
@@ -147,6 +162,7 @@ fn open_context<'m>(
 /// Run the generation loop until the command channel closes.
 pub(crate) fn run_generation(
     model: Arc<LlamaModel>,
+    mut loras: Vec<(LlamaLoraAdapter, f32)>,
     backend: &'static llama_cpp_2::llama_backend::LlamaBackend,
     cfg: RunnerConfig,
     rx: Receiver<Cmd>,
@@ -170,6 +186,8 @@ pub(crate) fn run_generation(
     let mut slots: Vec<Slot> = (0..cfg.parallel as i32).map(Slot::new).collect();
     let mut pending: VecDeque<GenJob> = VecDeque::new();
     let vocab = model.vocab();
+    // The adapter set on the context now (llama.cpp applies it to every sequence in a batch).
+    let mut applied: Option<usize> = None;
 
     loop {
         let busy = slots.iter().any(|s| s.phase != Phase::Idle);
@@ -213,9 +231,9 @@ pub(crate) fn run_generation(
             let best = free
                 .iter()
                 .copied()
-                .max_by_key(|&i| (lcp(&slots[i].cached, &job.prompt), std::cmp::Reverse(slots[i].last_used)))
+                .max_by_key(|&i| (reusable(&slots[i], &job), std::cmp::Reverse(slots[i].last_used)))
                 .unwrap_or(free[0]);
-            let best = if lcp(&slots[best].cached, &job.prompt) == 0 {
+            let best = if reusable(&slots[best], &job) == 0 {
                 free.iter().copied().min_by_key(|&i| slots[i].last_used).unwrap_or(best)
             } else {
                 best
@@ -223,16 +241,44 @@ pub(crate) fn run_generation(
             admit(&mut slots[best], job, &mut ctx, &model, n_ctx as usize);
         }
 
+        // Slots decode together only under one adapter set: this step serves the adapter of
+        // the slot that has waited longest, so groups take turns.
+        let group = slots.iter().filter(|s| s.phase != Phase::Idle).min_by_key(|s| s.served).map(|s| s.adapter);
+        let Some(group) = group else { continue };
+        if group != applied {
+            let switched = match group {
+                Some(i) => {
+                    let (lora, scale) = &mut loras[i];
+                    ctx.lora_adapter_set(lora, *scale).map_err(|e| e.to_string())
+                }
+                None => match loras.first_mut() {
+                    Some((lora, _)) => ctx.lora_adapter_remove(lora).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = switched {
+                tracing::error!(error = %e, "switching the LoRA adapter failed");
+                fail_all(&mut slots, &mut ctx, "the engine could not switch LoRA adapters; see the server log");
+                applied = None;
+                continue;
+            }
+            applied = group;
+        }
+
         // Build the batch: one token per generating slot, then prompt chunks.
         let marks: Vec<(usize, usize)> = slots.iter().map(|s| (s.cached.len(), s.n_past)).collect();
         batch.clear();
         let mut ok = true;
-        for s in slots.iter_mut().filter(|s| s.phase == Phase::Generating) {
+        let now = Instant::now();
+        for s in slots.iter_mut().filter(|s| s.phase != Phase::Idle && s.adapter == group) {
+            s.served = now;
+        }
+        for s in slots.iter_mut().filter(|s| s.phase == Phase::Generating && s.adapter == group) {
             s.i_batch = Some(batch.n_tokens());
             ok &= batch.add(s.last, s.cached.len() as i32, &[s.id], true).is_ok();
             s.cached.push(s.last);
         }
-        for s in slots.iter_mut().filter(|s| s.phase == Phase::Prompt) {
+        for s in slots.iter_mut().filter(|s| s.phase == Phase::Prompt && s.adapter == group) {
             while s.n_past < s.prompt.len() && (batch.n_tokens() as usize) < n_batch {
                 let last = s.n_past + 1 == s.prompt.len();
                 ok &= batch.add(s.prompt[s.n_past], s.n_past as i32, &[s.id], last).is_ok();
@@ -346,7 +392,7 @@ fn admit(s: &mut Slot, job: GenJob, ctx: &mut LlamaContext<'_>, model: &LlamaMod
         )));
         return;
     }
-    let mut n_past = lcp(&s.cached, &job.prompt);
+    let mut n_past = reusable(s, &job);
     if n_past == job.prompt.len() {
         // At least one token must be decoded to get logits.
         n_past -= 1;
@@ -365,6 +411,8 @@ fn admit(s: &mut Slot, job: GenJob, ctx: &mut LlamaContext<'_>, model: &LlamaMod
     };
     s.cache_hit = n_past;
     s.n_past = n_past;
+    s.adapter = job.adapter;
+    s.served = Instant::now();
     s.prompt = job.prompt;
     s.sampler = Some(sampler);
     s.phase = Phase::Prompt;

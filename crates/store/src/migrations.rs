@@ -164,6 +164,11 @@ const MIGRATIONS: &[&str] = &[
         updated_at     INTEGER NOT NULL
     );
     "#,
+    // 5: LoRA adapters are registry entries attached to a base model.
+    r#"
+    ALTER TABLE models ADD COLUMN base TEXT;
+    CREATE INDEX models_base ON models(base);
+    "#,
 ];
 
 /// The schema version this build writes.

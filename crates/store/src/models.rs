@@ -20,10 +20,11 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ModelRecord> {
         created_by: r.get(6)?,
         created_at: r.get(7)?,
         visibility: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+        base: r.get(9)?,
     })
 }
 
-const COLUMNS: &str = "name, tag, blob, size, info, source, created_by, created_at, visibility";
+const COLUMNS: &str = "name, tag, blob, size, info, source, created_by, created_at, visibility, base";
 
 /// Split `name[:tag]` (tag defaults to `latest`) and validate both parts.
 pub fn parse_ref(s: &str) -> Result<(String, String)> {
@@ -48,7 +49,7 @@ pub fn parse_ref(s: &str) -> Result<(String, String)> {
 /// Record a model. Fails with a conflict when `name:tag` exists.
 pub fn insert(conn: &Connection, m: &ModelRecord) -> Result<ModelRecord> {
     conn.execute(
-        &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
         params![
             m.name,
             m.tag,
@@ -58,7 +59,8 @@ pub fn insert(conn: &Connection, m: &ModelRecord) -> Result<ModelRecord> {
             m.source,
             m.created_by,
             now_secs(),
-            serde_json::to_string(&m.visibility).unwrap_or_default()
+            serde_json::to_string(&m.visibility).unwrap_or_default(),
+            m.base
         ],
     )
     .map_err(|e| conflict_on_unique(e, format!("a model named '{}:{}' already exists", m.name, m.tag)))?;
@@ -80,9 +82,26 @@ pub fn get(conn: &Connection, name: &str, tag: &str) -> Result<ModelRecord> {
         .ok_or(StoreError::NotFound("model"))
 }
 
-/// Remove `name:tag`; returns the record and whether its blob is now unreferenced.
+/// The LoRA adapters attached to `base` (`name:tag`).
+pub fn adapters_of(conn: &Connection, base: &str) -> Result<Vec<ModelRecord>> {
+    let mut st = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM models WHERE base = ?1 ORDER BY name, tag"))?;
+    let rows = st.query_map([base], row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Remove `name:tag`; returns the record and whether its blob is now unreferenced. A base
+/// model with adapters attached is refused.
 pub fn delete(conn: &Connection, name: &str, tag: &str) -> Result<(ModelRecord, bool)> {
     let m = get(conn, name, tag)?;
+    let adapters = adapters_of(conn, &m.id)?;
+    if !adapters.is_empty() {
+        let names: Vec<&str> = adapters.iter().map(|a| a.id.as_str()).collect();
+        return Err(StoreError::Conflict(format!(
+            "'{}' has LoRA adapters attached ({}); remove them first",
+            m.id,
+            names.join(", ")
+        )));
+    }
     conn.execute("DELETE FROM models WHERE name = ?1 AND tag = ?2", [name, tag])?;
     let refs: i64 = conn.query_row("SELECT COUNT(*) FROM models WHERE blob = ?1", [&m.sha256], |r| r.get(0))?;
     Ok((m, refs == 0))

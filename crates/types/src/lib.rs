@@ -234,6 +234,9 @@ pub struct ModelRecord {
     /// Who may see and call it.
     #[serde(default)]
     pub visibility: Visibility,
+    /// For a LoRA adapter: the base model (`name:tag`) it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// Who may see and call a model. Empty (the default) = every user; otherwise users whose role

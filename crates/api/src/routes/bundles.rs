@@ -96,6 +96,7 @@ async fn create_bundle(
             sha256: r.sha256.clone(),
             info: r.info.clone(),
             source: r.source.clone(),
+            base: r.base.clone(),
         })
         .collect();
     let ev = p.event(
@@ -231,7 +232,10 @@ async fn import_bundle(
         .store()
         .write(move |c| {
             let mut out = Vec::new();
-            for bm in &m.models {
+            // Base models before the adapters that name them.
+            let mut ordered: Vec<&BundleModel> = m.models.iter().collect();
+            ordered.sort_by_key(|bm| bm.base.is_some());
+            for bm in ordered {
                 let size = m.blobs.iter().find(|b| b.sha256 == bm.sha256).map_or(0, |b| b.size) as i64;
                 let (name, tag) = models::parse_ref(&format!("{}:{}", bm.name, bm.tag))?;
                 let rec = ModelRecord {
@@ -245,7 +249,10 @@ async fn import_bundle(
                     created_by: who.clone(),
                     created_at: 0,
                     visibility: Default::default(),
+                    base: bm.base.clone(),
                 };
+                let kind = bm.info["kind"].as_str().unwrap_or("model").to_owned();
+                crate::routes::models::check_base(c, &rec, &kind)?;
                 out.push(models::insert(c, &rec)?);
             }
             Ok(WriteOutcome::audited(out, ev))

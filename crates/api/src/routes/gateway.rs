@@ -61,6 +61,8 @@ pub(crate) struct Target {
     pub model: String,
     /// The app it was called through.
     pub app: Option<App>,
+    /// The LoRA adapter (registry `name:tag`) applied on the local model.
+    pub adapter: Option<String>,
     /// Where to try, in order (local counts as priority 0; lower first).
     pub routes: Vec<Route>,
 }
@@ -69,7 +71,15 @@ impl Target {
     fn resource(&self) -> String {
         match &self.app {
             Some(a) => format!("app:{}", a.name),
-            None => format!("model:{}", self.model),
+            None => format!("model:{}", self.display()),
+        }
+    }
+
+    /// The model as metered and audited: `base+adapter` when an adapter applies.
+    pub(crate) fn display(&self) -> String {
+        match &self.adapter {
+            Some(a) => format!("{}+{}", self.model, a),
+            None => self.model.clone(),
         }
     }
 }
@@ -107,20 +117,57 @@ pub(crate) async fn resolve(st: &AppState, p: &Principal, requested: &str, actio
         }
     };
     let reference = app.as_ref().map_or(requested, |a| a.model.as_str());
-    let local = match models::parse_ref(reference) {
-        Ok((name, tag)) => match st.store().read(move |c| models::get(c, &name, &tag)).await {
-            Ok(r) => Some(r),
-            Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        },
-        Err(e) if app.is_some() => return Err(ApiError::field("model", e.to_string())),
-        Err(_) => None,
+    // `base+adapter` names a LoRA adapter on its base; an adapter's own name is an alias.
+    let (reference, adapter_ref) = match reference.split_once('+') {
+        Some((b, a)) if app.is_none() => (b, Some(a)),
+        _ => (reference, None),
     };
-    let local = local.filter(|r| {
-        let key_allows =
-            p.may_use_model(&r.id) || app.as_ref().is_some_and(|a| p.may_use_model(&format!("app:{}", a.name)));
-        sees(p, &r.visibility) && key_allows
-    });
+    let lookup = |r: &str| -> Option<(String, String)> { models::parse_ref(r).ok() };
+    let (base_ref, adapter_ref) = (lookup(reference), adapter_ref.map(lookup));
+    if app.is_some() && base_ref.is_none() {
+        return Err(ApiError::field("model", format!("the app's model '{reference}' is not a valid name")));
+    }
+    let found = st
+        .store()
+        .read(move |c| {
+            let get = |(n, t): &(String, String)| match models::get(c, n, t) {
+                Ok(r) => Ok(Some(r)),
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let Some(first) = base_ref.as_ref().map(get).transpose()?.flatten() else { return Ok(None) };
+            match (&first.base, adapter_ref) {
+                // An adapter by its own name: load its base.
+                (Some(b), None) => {
+                    let base = match models::parse_ref(b) {
+                        Ok(r) => get(&r)?,
+                        Err(_) => None,
+                    };
+                    Ok(base.map(|base| (base, Some(first))))
+                }
+                (None, None) => Ok(Some((first, None))),
+                (None, Some(Some(a))) => {
+                    let adapter = get(&a)?.filter(|ad| ad.base.as_deref() == Some(first.id.as_str()));
+                    Ok(adapter.map(|ad| (first, Some(ad))))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await?;
+    let (local, adapter) = match found {
+        Some((base, adapter)) => {
+            let key_allows = p.may_use_model(&base.id)
+                || adapter.as_ref().is_some_and(|a| p.may_use_model(&a.id))
+                || app.as_ref().is_some_and(|a| p.may_use_model(&format!("app:{}", a.name)));
+            let visible = sees(p, &base.visibility) && adapter.as_ref().is_none_or(|a| sees(p, &a.visibility));
+            if key_allows && visible {
+                (Some(base), adapter.map(|a| a.id))
+            } else {
+                (None, None)
+            }
+        }
+        None => (None, None),
+    };
     // Apps run on their local model; plain names may also be served upstream.
     let (upstreams, configured) = if app.is_none() && p.may_use_model(requested) {
         st.0.upstreams.serving(requested)
@@ -147,7 +194,7 @@ pub(crate) async fn resolve(st: &AppState, p: &Principal, requested: &str, actio
         }
         return Err(missing());
     }
-    Ok(Target { model, app, routes: routes.into_iter().map(|(_, r)| r).collect() })
+    Ok(Target { model, app, adapter, routes: routes.into_iter().map(|(_, r)| r).collect() })
 }
 
 /// The model named by a raw request body.
@@ -423,7 +470,7 @@ pub(crate) async fn admit(
         Ok(permit) => Ok(permit),
         Err(e) => {
             let ev = p
-                .event(endpoint.action(), target.resource(), json!({"model": target.model, "reason": e.message}))
+                .event(endpoint.action(), target.resource(), json!({"model": target.display(), "reason": e.message}))
                 .denied(e.code.info().code);
             record(st, usage_row(p, endpoint, target, now, 0, 0, 0, 429), ev).await?;
             Err(e)
@@ -458,7 +505,7 @@ pub(crate) async fn finish(
     permit.settle(tokens, now_millis());
     let latency_ms = started.1.elapsed().as_millis() as i64;
     let mut details = json!({
-        "model": target.model,
+        "model": target.display(),
         "prompt_tokens": f.prompt_tokens,
         "completion_tokens": f.completion_tokens,
         "latency_ms": latency_ms,
@@ -502,7 +549,7 @@ fn usage_row(
         user_id: p.user_id,
         username: p.username.clone(),
         key_id: p.key_id.clone(),
-        model: target.model.clone(),
+        model: target.display(),
         app: target.app.as_ref().map(|a| a.name.clone()),
         endpoint: endpoint.name(),
         prompt_tokens,

@@ -9,8 +9,8 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use maasbox_engine::{KeepAlive, LoadedModel, ModelSpec, RunningModel};
-use maasbox_store::{models, users, WriteOutcome};
+use maasbox_engine::{AdapterSpec, KeepAlive, LoadedModel, ModelSpec, RunningModel};
+use maasbox_store::{models, users, StoreError, WriteOutcome};
 use maasbox_types::{ErrorCode, ModelRecord, Permission, Visibility};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -67,6 +67,10 @@ pub struct ImportModel {
     /// `name[:tag]`; default: the file name without extension, tag `latest`.
     #[serde(default)]
     pub name: Option<String>,
+    /// For a LoRA adapter GGUF: the registry model it applies to (required for adapters).
+    /// Requests then name `base+adapter`, or the adapter's own name.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 /// Models in memory.
@@ -151,24 +155,43 @@ fn resolve(name: &str) -> ApiResult<(String, String)> {
 pub(crate) async fn ensure_loaded(
     st: &AppState,
     model: &str,
+    adapter: Option<&str>,
     keep_alive: Option<KeepAlive>,
 ) -> ApiResult<Arc<LoadedModel>> {
-    let m = load_or_get(st, model).await?;
+    let m = load_or_get(st, model, adapter).await?;
     if let Some(k) = keep_alive {
         m.set_keep_alive(k);
     }
     Ok(m)
 }
 
-async fn load_or_get(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> {
+/// Whether `m` carries `adapter` (or none is needed).
+fn has_adapter(m: &LoadedModel, adapter: Option<&str>) -> bool {
+    adapter.is_none_or(|a| m.info().adapters.iter().any(|x| x == a))
+}
+
+/// Load the base model `model` with every LoRA adapter attached to it. A loaded model that
+/// lacks `adapter` (attached after it was loaded) is reloaded when idle.
+async fn load_or_get(st: &AppState, model: &str, adapter: Option<&str>) -> ApiResult<Arc<LoadedModel>> {
     let (name, tag) = resolve(model)?;
     let id = format!("{name}:{tag}");
-    if let Some(m) = st.engine().get(&id) {
+    if let Some(m) = st.engine().get(&id).filter(|m| has_adapter(m, adapter)) {
         return Ok(m);
     }
     let _guard = st.0.load_lock.lock().await;
     if let Some(m) = st.engine().get(&id) {
-        return Ok(m);
+        if has_adapter(&m, adapter) {
+            return Ok(m);
+        }
+        if m.active_requests() > 0 || m.pinned() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("'{id}' was loaded before this adapter was added and is busy; retry when it is idle"),
+            )
+            .retry_after(5));
+        }
+        tracing::info!(model = %id, "reloading to pick up a new LoRA adapter");
+        st.engine().unload(&id);
     }
     let (n, t) = (name.clone(), tag.clone());
     let rec = st.store().read(move |c| models::get(c, &n, &t)).await.map_err(|e| match e {
@@ -177,6 +200,14 @@ async fn load_or_get(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> 
         }
         e => e.into(),
     })?;
+    let base_id = id.clone();
+    let adapters = st
+        .store()
+        .read(move |c| models::adapters_of(c, &base_id))
+        .await?
+        .into_iter()
+        .map(|a| AdapterSpec { path: blob_path(st, &a.sha256), name: a.id, scale: 1.0 })
+        .collect();
     let cfg = &st.config().engine;
     while st.engine().loaded_count() >= cfg.max_loaded_models {
         match st.engine().evict_least_recently_used() {
@@ -203,6 +234,7 @@ async fn load_or_get(st: &AppState, model: &str) -> ApiResult<Arc<LoadedModel>> 
         n_batch: cfg.batch_size,
         n_threads: cfg.effective_threads(),
         n_gpu_layers: cfg.gpu_layers(),
+        adapters,
     };
     let engine = st.engine().clone();
     let keep = KeepAlive::For(std::time::Duration::from_secs(cfg.keep_alive_secs));
@@ -332,8 +364,15 @@ async fn import_model(
         .map(|s| s.to_string_lossy().to_lowercase())
         .unwrap_or_default();
     let (name, tag) = resolve(req.name.as_deref().unwrap_or(&default_name))?;
+    let base = match &req.base {
+        Some(b) => {
+            let (n, t) = models::parse_ref(b).map_err(|e| ApiError::field("base", e.to_string()))?;
+            Some(format!("{n}:{t}"))
+        }
+        None => None,
+    };
     if let Some(url) = req.url {
-        let pull = crate::routes::pull::PullRequest { url, name, tag, sha256: req.sha256 };
+        let pull = crate::routes::pull::PullRequest { url, name, tag, sha256: req.sha256, base };
         return crate::routes::pull::start(&st, &p, pull).await;
     }
     if req.sha256.is_some() {
@@ -358,8 +397,36 @@ async fn import_model(
             .map_err(|e| ApiError::field("path", format!("cannot read {req_path}: {e}")))?
     };
     let source = format!("file:{req_path}");
-    let rec = register_blob(&st, &p, Blob { tmp, sha256: sha, size, info }, (name, tag), source).await?;
+    let rec = register_blob(&st, &p, Blob { tmp, sha256: sha, size, info }, (name, tag), source, base).await?;
     Ok((StatusCode::CREATED, Json(rec)).into_response())
+}
+
+/// A LoRA adapter needs an existing base model of its architecture; a model has no base.
+pub(crate) fn check_base(c: &maasbox_store::Connection, rec: &ModelRecord, kind: &str) -> Result<(), StoreError> {
+    let invalid = |m: String| StoreError::Invalid(m);
+    match (kind, &rec.base) {
+        ("lora", None) => {
+            Err(invalid(format!("'{}' is a LoRA adapter: name the model it applies to with 'base'", rec.id)))
+        }
+        ("lora", Some(b)) => {
+            let (n, t) = models::parse_ref(b)?;
+            let base = models::get(c, &n, &t).map_err(|_| invalid(format!("there is no base model named '{b}'")))?;
+            let arch = |v: &serde_json::Value| v["architecture"].as_str().unwrap_or_default().to_owned();
+            if base.base.is_some() || base.info["kind"] == "lora" {
+                return Err(invalid(format!("'{b}' is itself an adapter")));
+            }
+            if arch(&base.info) != arch(&rec.info) {
+                return Err(invalid(format!(
+                    "the adapter is for '{}' models but '{b}' is '{}'",
+                    arch(&rec.info),
+                    arch(&base.info)
+                )));
+            }
+            Ok(())
+        }
+        (_, Some(_)) => Err(invalid("'base' applies only to LoRA adapter GGUFs".into())),
+        _ => Ok(()),
+    }
 }
 
 /// A verified GGUF in a temporary file beside the blobs.
@@ -378,6 +445,7 @@ pub(crate) async fn register_blob(
     blob: Blob,
     (name, tag): (String, String),
     source: String,
+    base: Option<String>,
 ) -> ApiResult<ModelRecord> {
     let path = blobs_dir(st).join(format!("sha256-{}", blob.sha256));
     let fresh = !path.exists();
@@ -397,14 +465,24 @@ pub(crate) async fn register_blob(
         source,
         created_by: p.username.clone(),
         created_at: 0,
+        base,
     };
     let ev = p.event(
         "model.import",
         format!("model:{}", rec.id),
-        json!({"sha256": rec.sha256, "size": blob.size, "source": rec.source, "architecture": blob.info.architecture}),
+        json!({"sha256": rec.sha256, "size": blob.size, "source": rec.source, "architecture": blob.info.architecture,
+               "kind": blob.info.kind, "base": rec.base}),
     );
     let r2 = rec.clone();
-    match st.store().write(move |c| Ok(WriteOutcome::audited(models::insert(c, &r2)?, ev))).await {
+    let kind = blob.info.kind.clone();
+    let written = st
+        .store()
+        .write(move |c| {
+            check_base(c, &r2, &kind)?;
+            Ok(WriteOutcome::audited(models::insert(c, &r2)?, ev))
+        })
+        .await;
+    match written {
         Ok(saved) => Ok(saved),
         Err(e) => {
             if fresh {
@@ -426,6 +504,16 @@ async fn delete_model(
     p.authorize(&st, Permission::ModelsImport, "model.delete").await?;
     let (n, t) = resolve(&name)?;
     let id = format!("{n}:{t}");
+    // Refuse before unloading anything: a base with adapters stays.
+    let i2 = id.clone();
+    let adapters = st.store().read(move |c| models::adapters_of(c, &i2)).await?;
+    if !adapters.is_empty() {
+        let names: Vec<&str> = adapters.iter().map(|a| a.id.as_str()).collect();
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("'{id}' has LoRA adapters attached ({}); remove them first", names.join(", ")),
+        ));
+    }
     if st.engine().get(&id).is_some() {
         if !q.force {
             return Err(ApiError::new(
@@ -459,7 +547,13 @@ async fn load_model(
         serde_json::from_slice(&body).map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()))?
     };
     let keep = req.keep_alive.as_ref().map(parse_keep_alive).transpose()?;
-    let m = ensure_loaded(&st, &name, keep).await?;
+    // An adapter loads on its base.
+    let (n, t) = resolve(&name)?;
+    let rec = st.store().read(move |c| models::get(c, &n, &t)).await?;
+    let m = match &rec.base {
+        Some(base) => ensure_loaded(&st, base, Some(&rec.id), keep).await?,
+        None => ensure_loaded(&st, &rec.id, None, keep).await?,
+    };
     if let Some(pin) = req.pin {
         m.set_pinned(pin);
     }

@@ -397,6 +397,8 @@ fn messages(req: &[Message]) -> ApiResult<Vec<ChatMessage>> {
 
 struct Prepared {
     model: Arc<LoadedModel>,
+    /// Index of the LoRA adapter in the loaded model.
+    adapter: Option<usize>,
     prompt: Vec<i32>,
     params: SamplingParams,
     stop: Vec<String>,
@@ -421,10 +423,20 @@ fn budget(st: &AppState, model: &LoadedModel, prompt_len: usize, max: Option<usi
     Ok(max.unwrap_or(st.config().engine.default_max_tokens).min(room).min(quota.max(1) as usize))
 }
 
+/// The loaded model's index of the target's adapter.
+fn adapter_index(model: &LoadedModel, target: &Target) -> ApiResult<Option<usize>> {
+    match &target.adapter {
+        None => Ok(None),
+        Some(a) => model.info().adapters.iter().position(|x| x == a).map(Some).ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, format!("the adapter '{a}' is not loaded yet; retry")).retry_after(1)
+        }),
+    }
+}
+
 /// Load the target's model.
 async fn load(st: &AppState, target: &Target, keep_alive: Option<&Value>) -> ApiResult<Arc<LoadedModel>> {
     let keep = keep_alive.map(parse_keep_alive).transpose()?;
-    ensure_loaded(st, &target.model, keep).await
+    ensure_loaded(st, &target.model, target.adapter.as_deref(), keep).await
 }
 
 /// Resolve and admit a request, then serve it upstream when its first route is an upstream.
@@ -487,7 +499,9 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJs
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()).param("messages"))?;
     let max_tokens = budget(&st, &model, prompt.len(), max, permit.allowed_tokens())?;
+    let adapter = adapter_index(&model, &target)?;
     let prep = Prepared {
+        adapter,
         model,
         prompt,
         params,
@@ -525,7 +539,9 @@ async fn completions(
     }
     let max_tokens = budget(&st, &model, prompt.len(), Some(max.unwrap_or(16)), permit.allowed_tokens())
         .map_err(|e| e.param("prompt"))?;
+    let adapter = adapter_index(&model, &target)?;
     let prep = Prepared {
+        adapter,
         model,
         prompt,
         params,
@@ -609,7 +625,7 @@ async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> Ap
     let prompt_len = prep.prompt.len();
     let mut events = prep
         .model
-        .generate(prep.prompt, prep.params, prep.max_tokens, prep.stop)
+        .generate(prep.prompt, prep.params, prep.max_tokens, prep.stop, prep.adapter)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
 
     if !prep.stream {

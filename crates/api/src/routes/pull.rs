@@ -110,6 +110,7 @@ pub(crate) struct PullRequest {
     pub name: String,
     pub tag: String,
     pub sha256: Option<String>,
+    pub base: Option<String>,
 }
 
 const MAX_ATTEMPTS: u32 = 6;
@@ -240,7 +241,7 @@ async fn finish(
     let tmp = blobs_dir(st).join(format!(".import-{}", maasbox_crypto::random_hex(8)));
     std::fs::rename(partial, &tmp).map_err(|e| discard(e.to_string()))?;
     let blob = Blob { tmp, sha256: sha, size, info };
-    register_blob(st, p, blob, (req.name.clone(), req.tag.clone()), format!("url:{}", req.url))
+    register_blob(st, p, blob, (req.name.clone(), req.tag.clone()), format!("url:{}", req.url), req.base.clone())
         .await
         .map_err(|e| (Phase::Failed, e.message))
 }

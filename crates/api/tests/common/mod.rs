@@ -20,6 +20,20 @@ fn models_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"))
 }
 
+/// Write a LoRA adapter for SmolLM2 with `models/make_lora.py` (through the models venv).
+pub fn make_lora(out: &std::path::Path, args: &[&str]) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = models_dir().join("venv/bin/python");
+    let status = std::process::Command::new(&python)
+        .arg(root.join("models/make_lora.py"))
+        .arg(model_file(SMOL))
+        .arg(out)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(status.success(), "make_lora.py failed");
+}
+
 /// A default model fetched by `models/fetch.py` (the test command runs it first).
 pub fn model_file(name: &str) -> String {
     let p = models_dir().join(name);
