@@ -370,10 +370,11 @@ fn human_size(n: i64) -> String {
 
 pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
     match cmd {
-        ModelCmd::Import { path, name, c } => {
+        ModelCmd::Import { path, name, base, c } => {
             let cl = Client::new(&c)?;
             let abs = std::fs::canonicalize(&path).with_context(|| format!("{} does not exist", path.display()))?;
-            let v = cl.call(Method::POST, "/api/v1/models", Some(json!({"path": abs, "name": name}))).await?;
+            let v =
+                cl.call(Method::POST, "/api/v1/models", Some(json!({"path": abs, "name": name, "base": base}))).await?;
             cl.print(&v, |v| {
                 println!(
                     "imported {} ({}, {}, {}) sha256 {}",
@@ -442,7 +443,7 @@ pub(crate) async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             cl.call(Method::POST, &format!("/api/v1/models/{name}/unload"), Some(json!({}))).await?;
             println!("unloaded {name}");
         }
-        ModelCmd::Pull { url, name, sha256, c } => pull(&c, &url, name, sha256).await?,
+        ModelCmd::Pull { url, name, sha256, base, c } => pull(&c, &url, name, sha256, base).await?,
         ModelCmd::Visibility { name, roles, users, c } => {
             let cl = Client::new(&c)?;
             let body = json!({"visibility": {"roles": roles, "users": users}});
@@ -588,11 +589,17 @@ pub(crate) async fn usage(
 }
 
 /// Start a download and follow its progress events until the final one.
-async fn pull(c: &ClientArgs, url: &str, name: Option<String>, sha256: Option<String>) -> anyhow::Result<()> {
+async fn pull(
+    c: &ClientArgs,
+    url: &str,
+    name: Option<String>,
+    sha256: Option<String>,
+    base: Option<String>,
+) -> anyhow::Result<()> {
     use futures::StreamExt;
     let cl = Client::new(c)?;
-    let job =
-        cl.call(Method::POST, "/api/v1/models", Some(json!({"url": url, "name": name, "sha256": sha256}))).await?;
+    let body = json!({"url": url, "name": name, "sha256": sha256, "base": base});
+    let job = cl.call(Method::POST, "/api/v1/models", Some(body)).await?;
     let id = s(&job["id"]);
     let bar = indicatif::ProgressBar::new(0);
     if cl.json {

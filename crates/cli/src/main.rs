@@ -439,6 +439,9 @@ enum ModelCmd {
         /// name[:tag] (default: the file name, tag latest).
         #[arg(long)]
         name: Option<String>,
+        /// For a LoRA adapter GGUF: the model it applies to (then call `BASE+NAME` or `NAME`).
+        #[arg(long)]
+        base: Option<String>,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -498,6 +501,9 @@ enum ModelCmd {
         /// Expected SHA-256 (hex); a mismatch registers nothing.
         #[arg(long)]
         sha256: Option<String>,
+        /// For a LoRA adapter: the model it applies to.
+        #[arg(long)]
+        base: Option<String>,
         #[command(flatten)]
         c: ClientArgs,
     },
