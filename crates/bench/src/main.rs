@@ -26,6 +26,9 @@ struct Cli {
 enum Cmd {
     /// Measure servers, write their figures as JSON and print the table.
     Run(RunArgs),
+    /// Latency of short non-streaming chat requests through several targets (e.g. a server
+    /// directly and through a gateway), interleaved; prints p50/p99 side by side.
+    Latency(LatencyArgs),
     /// Print the figures of several runs as one table; the first file is the reference.
     Table {
         /// JSON files written by `run`.
@@ -58,6 +61,25 @@ struct RunArgs {
     /// Directory for one JSON file of figures per server (`LABEL.json`).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Parser)]
+struct LatencyArgs {
+    /// `LABEL=URL=MODEL[=KEY]`; the first is the reference the others are compared with.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Concurrency levels.
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Rounds per level; in each round every target serves `clients` × 4 requests.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Tokens to generate per request.
+    #[arg(long, default_value_t = 1)]
+    max_tokens: u32,
+    /// Approximate prompt length in tokens.
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
 }
 
 /// What one streamed request measured.
@@ -136,6 +158,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[rank.min(v.len()) - 1]
 }
 
+#[derive(Clone)]
 struct Target {
     http: reqwest::Client,
     url: String,
@@ -143,6 +166,23 @@ struct Target {
     key: Option<String>,
     prompt_tokens: usize,
     max_tokens: u32,
+}
+
+/// `LABEL=URL=MODEL[=KEY]`.
+fn parse_target(spec: &str, http: &reqwest::Client, prompt_tokens: usize, max_tokens: u32) -> Result<(String, Target)> {
+    let parts: Vec<&str> = spec.splitn(4, '=').collect();
+    let [label, url, model, rest @ ..] = parts.as_slice() else {
+        bail!("--target wants LABEL=URL=MODEL[=KEY], not {spec}");
+    };
+    let t = Target {
+        http: http.clone(),
+        url: url.trim_end_matches('/').to_owned(),
+        model: (*model).to_owned(),
+        key: rest.first().map(|k| (*k).to_owned()),
+        prompt_tokens,
+        max_tokens,
+    };
+    Ok(((*label).to_owned(), t))
 }
 
 impl Target {
@@ -258,21 +298,11 @@ async fn run(a: RunArgs) -> Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
     let mut targets = vec![];
     for spec in &a.targets {
-        let parts: Vec<&str> = spec.splitn(4, '=').collect();
-        let [label, url, model, rest @ ..] = parts.as_slice() else {
-            bail!("--target wants LABEL=URL=MODEL[=KEY], not {spec}");
-        };
-        let t = Arc::new(Target {
-            http: http.clone(),
-            url: url.trim_end_matches('/').to_owned(),
-            model: (*model).to_owned(),
-            key: rest.first().map(|k| (*k).to_owned()),
-            prompt_tokens: a.prompt_tokens,
-            max_tokens: a.max_tokens,
-        });
+        let (label, t) = parse_target(spec, &http, a.prompt_tokens, a.max_tokens)?;
+        let t = Arc::new(t);
         // Warm-up: loads the model where loading is lazy, faults in the weights.
         t.request(1_000_000).await.with_context(|| format!("warm-up request to {label}"))?;
-        targets.push(((*label).to_owned(), t));
+        targets.push((label, t));
     }
     let mut figs: Vec<Figures> = targets
         .iter()
@@ -376,10 +406,89 @@ fn table(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// One non-streaming chat request; its wall time in ms.
+async fn chat_once(http: &reqwest::Client, t: &Target, n: usize) -> Result<f64> {
+    let body = json!({
+        "model": t.model,
+        "messages": [{"role": "user", "content": prompt(n, t.prompt_tokens)}],
+        "max_tokens": t.max_tokens,
+        "temperature": 0.0,
+    });
+    let mut req = http.post(format!("{}/v1/chat/completions", t.url)).json(&body);
+    if let Some(k) = &t.key {
+        req = req.bearer_auth(k);
+    }
+    let t0 = Instant::now();
+    let resp = req.send().await?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        bail!("{status}: {text}");
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
+async fn latency(a: LatencyArgs) -> Result<()> {
+    let http = reqwest::Client::new();
+    let targets: Vec<(String, Target)> = a
+        .targets
+        .iter()
+        .map(|spec| {
+            let (label, t) = parse_target(spec, &http, a.prompt_tokens, a.max_tokens)?;
+            Ok((label, t))
+        })
+        .collect::<Result<_>>()?;
+    // Warm up: load the model, open connections.
+    for (label, t) in &targets {
+        chat_once(&http, t, 0).await.with_context(|| label.clone())?;
+    }
+    println!("| clients | target | requests | p50 ms | p99 ms | added p50 ms | added p99 ms |");
+    println!("|--------:|--------|---------:|-------:|-------:|-------------:|-------------:|");
+    let mut seq = 1;
+    for &clients in &a.clients {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+        for _ in 0..a.rounds {
+            for (i, (_, t)) in targets.iter().enumerate() {
+                let tasks = (0..clients).map(|c| {
+                    let (http, t) = (http.clone(), t.clone());
+                    let first = seq + c * 4;
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        for r in 0..4 {
+                            out.push(chat_once(&http, &t, first + r).await?);
+                        }
+                        anyhow::Ok(out)
+                    })
+                });
+                for task in futures::future::join_all(tasks).await {
+                    samples[i].extend(task??);
+                }
+                seq += clients * 4;
+            }
+        }
+        let mut reference = (0.0, 0.0);
+        for (i, (label, _)) in targets.iter().enumerate() {
+            let n = samples[i].len();
+            let (p50, p99) = (percentile(&mut samples[i], 50.0), percentile(&mut samples[i], 99.0));
+            if i == 0 {
+                reference = (p50, p99);
+            }
+            let added = |x: f64, r: f64| if i == 0 { "-".to_owned() } else { format!("{:+.1}", x - r) };
+            println!(
+                "| {clients} | {label} | {n} | {p50:.1} | {p99:.1} | {} | {} |",
+                added(p50, reference.0),
+                added(p99, reference.1)
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(a) => run(a).await,
+        Cmd::Latency(a) => latency(a).await,
         Cmd::Table { files } => table(&files),
     }
 }
