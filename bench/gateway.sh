@@ -32,7 +32,7 @@ serve() {
   PIDS+=($!)
   wait_up "http://127.0.0.1:$p/health"
   curl -sf -X POST "http://127.0.0.1:$p/api/v1/auth/setup" -H 'content-type: application/json' \
-    -d "{\"code\":\"$(cat "$TMP/$name/setup.token")\",\"username\":\"bench\",\"password\":\"Bench-Passw0rd!\"}" >/dev/null
+    -d "{\"code\":\"$(cat "$TMP/$name/setup.token")\",\"username\":\"bench\",\"password\":\"Mx-Str0ng-Passw0rd!\"}" >/dev/null
   echo "$p"
 }
 owner() { cat "$TMP/$1/owner.token"; }
@@ -49,25 +49,33 @@ PIDS+=($!)
 wait_up "http://127.0.0.1:$PH/"
 URL="http://127.0.0.1:$PH/$(basename "$MODEL")"
 SIZE=$(stat -c %s "$MODEL")
-CURL=() MBX=()
+CURL=() DISK=() MBX=()
 for i in 1 2 3 4 5; do
   CURL+=("$(curl -s -o /dev/null -w '%{time_total}' "$URL")")
+  t0=$(date +%s.%N)
+  curl -s -o "$TMP/copy.gguf" "$URL" && sha256sum "$TMP/copy.gguf" >/dev/null && sync "$TMP/copy.gguf"
+  t1=$(date +%s.%N)
+  DISK+=("$(awk -v a="$t1" -v b="$t0" 'BEGIN { print a - b }')")
+  rm -f "$TMP/copy.gguf"
   t0=$(date +%s.%N)
   id=$(api a "$PA" POST /api/v1/models -d "{\"url\":\"$URL\",\"name\":\"bench-$i\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   last=$(api a "$PA" GET "/api/v1/models/imports/$id/events" -N | grep '^data:' | tail -1)
   t1=$(date +%s.%N)
   echo "$last" | grep -q '"phase":"done"' || { echo "import failed: $last" >&2; exit 1; }
-  MBX+=("$(echo "$t1 - $t0" | bc -l)")
+  MBX+=("$(awk -v a="$t1" -v b="$t0" 'BEGIN { print a - b }')")
   api a "$PA" DELETE "/api/v1/models/bench-$i" >/dev/null
 done
 c=$(printf '%s\n' "${CURL[@]}" | median)
+d=$(printf '%s\n' "${DISK[@]}" | median)
 m=$(printf '%s\n' "${MBX[@]}" | median)
 echo
 echo "Import of $(basename "$MODEL") ($((SIZE / 1000000)) MB) from a local HTTP server, median of 5:"
 echo "| client | seconds | MB/s |"
 echo "|--------|--------:|-----:|"
-printf '| curl -o /dev/null | %.3f | %.0f |\n' "$c" "$(echo "$SIZE / $c / 1000000" | bc -l)"
-printf '| maasbox model pull (download + SHA-256 + fsync + GGUF check + register) | %.3f | %.0f |\n' "$m" "$(echo "$SIZE / $m / 1000000" | bc -l)"
+mbs() { awk -v s="$SIZE" -v t="$1" 'BEGIN { print s / t / 1e6 }'; }
+printf '| curl -o /dev/null | %.3f | %.0f |\n' "$c" "$(mbs "$c")"
+printf '| curl -o FILE; sha256sum FILE; sync FILE | %.3f | %.0f |\n' "$d" "$(mbs "$d")"
+printf '| maasbox model pull (download + SHA-256 + fsync + GGUF check + register) | %.3f | %.0f |\n' "$m" "$(mbs "$m")"
 
 # --- 2. upstream pass-through latency --------------------------------------------------------
 api b "$PB" POST /api/v1/models -d "{\"path\":\"$MODEL\",\"name\":\"smollm2:135m\"}" >/dev/null

@@ -318,7 +318,7 @@ async fn download(job: &Job, url: &str, partial: &std::path::Path) -> Result<(St
             }
             _ => return Err(failed(format!("the server answered HTTP {status} for {url}"))),
         };
-        let mut file = if append {
+        let file = if append {
             tokio::fs::OpenOptions::new().append(true).open(partial).await
         } else {
             hasher = Sha256::new();
@@ -326,6 +326,9 @@ async fn download(job: &Job, url: &str, partial: &std::path::Path) -> Result<(St
             tokio::fs::File::create(partial).await
         }
         .map_err(|e| failed(e.to_string()))?;
+        // Chunks arrive in tens of kilobytes; each tokio file write is a trip to the blocking
+        // pool, so gather a few megabytes per write.
+        let mut file = tokio::io::BufWriter::with_capacity(4 << 20, file);
         let mut bytes = if append { have } else { 0 };
         job.progress.send_modify(|pr| {
             pr.total = total;
@@ -363,7 +366,7 @@ async fn download(job: &Job, url: &str, partial: &std::path::Path) -> Result<(St
             }
         };
         file.flush().await.map_err(|e| failed(e.to_string()))?;
-        file.sync_all().await.map_err(|e| failed(e.to_string()))?;
+        file.get_ref().sync_all().await.map_err(|e| failed(e.to_string()))?;
         job.progress.send_modify(|pr| pr.bytes = bytes);
         match ended {
             Ok(()) if total.is_none_or(|t| t == bytes) => return Ok((hex::encode(hasher.finalize()), bytes)),
