@@ -587,6 +587,36 @@ struct Outcome {
     ttft_ms: f64,
 }
 
+impl Outcome {
+    /// Take one engine event; text comes back to be sent on.
+    fn record(&mut self, ev: GenEvent) -> Option<String> {
+        match ev {
+            GenEvent::Text { text, tokens } => {
+                self.usage.completion_tokens = tokens;
+                return Some(text);
+            }
+            GenEvent::Done { finish_reason, usage, ttft_ms, .. } => {
+                self.finish = Some(finish_reason);
+                self.usage = usage;
+                self.ttft_ms = ttft_ms;
+            }
+            GenEvent::Error(e) => self.error = Some(e),
+            GenEvent::Overloaded(e) => {
+                self.error = Some(e);
+                self.overloaded = true;
+            }
+        }
+        None
+    }
+
+    /// The event stream ended: without a finish or error (or the client leaving) it broke.
+    fn close(&mut self) {
+        if self.finish.is_none() && self.error.is_none() && !self.cancelled {
+            self.error = Some("the engine stopped before finishing".into());
+        }
+    }
+}
+
 /// Meter and audit a finished request (see [`gateway::finish`]).
 async fn finish(st: &AppState, p: &Principal, m: Metered, o: &Outcome, stream: bool) -> ApiResult<()> {
     let (status, failure) = if o.cancelled {
@@ -643,28 +673,13 @@ async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> Ap
                     ev = events.recv() => ev,
                     _ = done_tx.closed() => { out.cancelled = true; break; }
                 };
-                match ev {
-                    Some(GenEvent::Text { text: t, tokens }) => {
-                        text.push_str(&t);
-                        out.usage.completion_tokens = tokens;
-                    }
-                    Some(GenEvent::Done { finish_reason, usage, ttft_ms, .. }) => {
-                        out.finish = Some(finish_reason);
-                        out.usage = usage;
-                        out.ttft_ms = ttft_ms;
-                    }
-                    Some(GenEvent::Error(e)) => out.error = Some(e),
-                    Some(GenEvent::Overloaded(e)) => {
-                        out.error = Some(e);
-                        out.overloaded = true;
-                    }
-                    None => break,
+                let Some(ev) = ev else { break };
+                if let Some(t) = out.record(ev) {
+                    text.push_str(&t);
                 }
             }
             drop(events);
-            if out.finish.is_none() && out.error.is_none() && !out.cancelled {
-                out.error = Some("the engine stopped before finishing".into());
-            }
+            out.close();
             let r = finish(&st2, &p2, metered, &out, false).await.map(|()| (text, out));
             let _ = done_tx.send(r);
         });
@@ -715,30 +730,19 @@ async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> Ap
                 _ = tx.closed() => { out.cancelled = true; break; }
             };
             match ev {
-                Some(GenEvent::Text { text, tokens }) => {
-                    out.usage.completion_tokens = tokens;
-                    if tx.send(Ok(chunk(json!({"content": text}), None))).await.is_err() {
-                        out.cancelled = true;
+                Some(ev) => {
+                    if let Some(text) = out.record(ev) {
+                        if tx.send(Ok(chunk(json!({"content": text}), None))).await.is_err() {
+                            out.cancelled = true;
+                        }
                     }
-                }
-                Some(GenEvent::Done { finish_reason, usage, ttft_ms, .. }) => {
-                    out.finish = Some(finish_reason);
-                    out.usage = usage;
-                    out.ttft_ms = ttft_ms;
-                }
-                Some(GenEvent::Error(e)) => out.error = Some(e),
-                Some(GenEvent::Overloaded(e)) => {
-                    out.error = Some(e);
-                    out.overloaded = true;
                 }
                 None => break,
             }
         }
         // Dropping the receiver tells the engine to free the slot at its next step.
         drop(events);
-        if out.finish.is_none() && out.error.is_none() && !out.cancelled {
-            out.error = Some("the engine stopped before finishing".into());
-        }
+        out.close();
         // The audit event is committed before the final bytes go out.
         if let Err(e) = finish(&st, &p, metered, &out, true).await {
             let _ = tx.send(Ok(Event::default().data(serde_json::to_string(&e.body()).unwrap_or_default()))).await;
