@@ -82,6 +82,9 @@ def main() -> None:
         emb.with_suffix(".part").rename(emb)
         verify(emb, want)
     print(f"embedding model: {emb}")
+    # The tests also use this venv (models/make_lora.py writes LoRA adapters with gguf).
+    if not (CACHE / "venv" / "bin" / "python").exists():
+        converter_python()
 
 
 def converter_python() -> Path:
