@@ -333,7 +333,7 @@ fn docx(bytes: &[u8]) -> Result<Vec<Block>, ParseError> {
                         if let (Some(id), Some(level)) = (&id, level) {
                             heading_styles.insert(id.clone(), level);
                         } else if let (Some(id), "title") = (&id, name.as_str()) {
-                            heading_styles.insert(id.clone(), 1);
+                            heading_styles.insert(id.clone(), 0);
                         }
                     }
                     _ => {}
