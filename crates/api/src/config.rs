@@ -34,6 +34,36 @@ pub struct Config {
     pub quotas: QuotaConfig,
     /// Upstream providers.
     pub upstreams: UpstreamConfig,
+    /// The knowledge index.
+    pub knowledge: KnowledgeConfig,
+}
+
+/// `[knowledge]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeConfig {
+    /// The embedding model (`name:tag`) of a new knowledge base that names none.
+    pub default_embedding_model: String,
+    /// Default chunk size in tokens of the embedding model.
+    pub chunk_tokens: usize,
+    /// Default tokens shared by consecutive chunks.
+    pub chunk_overlap: usize,
+    /// Largest upload (all files of one request together).
+    pub max_upload_bytes: usize,
+    /// Passages retrieved for a chat request that gives no `top_k`.
+    pub rag_top_k: usize,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        Self {
+            default_embedding_model: "all-minilm-l6-v2:latest".into(),
+            chunk_tokens: 256,
+            chunk_overlap: 32,
+            max_upload_bytes: 64 * 1024 * 1024,
+            rag_top_k: 4,
+        }
+    }
 }
 
 /// `[upstreams]`

@@ -59,6 +59,7 @@ pub use state::{AppState, Startup};
         (name = "apps", description = "Assistants: a model with a system prompt and defaults, called as app:<name>"),
         (name = "usage", description = "Metered use and quotas"),
         (name = "upstreams", description = "OpenAI-compatible providers that model names route to"),
+        (name = "knowledge", description = "Knowledge bases, document ingestion and hybrid search"),
     )
 )]
 struct ApiDoc;
@@ -87,6 +88,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::pull::router())
         .merge(routes::bundles::router())
         .merge(routes::apps::router())
+        .merge(routes::knowledge::router())
         .merge(routes::upstreams::router())
         .merge(routes::usage::router())
         .split_for_parts()
@@ -157,8 +159,13 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(RequestBodyLimitLayer::new(cfg.body_limit_bytes))
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes))
-        .layer(middleware::from_fn(error::normalize_errors));
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes));
+    // Document uploads get their own, larger limit.
+    let upload_limit = state.config().knowledge.max_upload_bytes;
+    let uploads = routes::knowledge::upload_router()
+        .layer(RequestBodyLimitLayer::new(upload_limit))
+        .layer(axum::extract::DefaultBodyLimit::max(upload_limit));
+    let app = app.merge(uploads).layer(middleware::from_fn(error::normalize_errors));
 
     let app = match cors_layer(&cfg.cors_origins) {
         Some(cors) => app.layer(cors),

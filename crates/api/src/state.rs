@@ -46,6 +46,10 @@ pub(crate) struct Inner {
     pub imports: crate::routes::pull::Imports,
     /// Upstream providers with their opened keys and health.
     pub upstreams: crate::upstream::Upstreams,
+    /// The knowledge index (sled, in `<data>/knowledge`).
+    pub knowledge: Arc<maasbox_knowledge::Knowledge>,
+    /// Document ingestion jobs (finished ones for an hour).
+    pub ingests: crate::routes::knowledge::Ingests,
     pub started: Instant,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
@@ -154,6 +158,9 @@ impl AppState {
         let meter = Arc::new(crate::quota::Meter::default());
         let now = maasbox_types::now_millis();
         meter.restore(store.read_blocking(move |c| maasbox_store::usage::counters(c, now))?, now);
+        let knowledge = Arc::new(
+            maasbox_knowledge::Knowledge::open(&data_dir.join("knowledge")).context("opening the knowledge index")?,
+        );
         let state = AppState(Arc::new(Inner {
             data_dir: data_dir.clone(),
             store,
@@ -172,6 +179,8 @@ impl AppState {
             meter,
             imports: Default::default(),
             upstreams,
+            knowledge,
+            ingests: Default::default(),
             started: Instant::now(),
             config,
             _lock: lock,
@@ -182,6 +191,11 @@ impl AppState {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    /// The knowledge index.
+    pub fn knowledge(&self) -> &Arc<maasbox_knowledge::Knowledge> {
+        &self.0.knowledge
     }
 
     /// The store.

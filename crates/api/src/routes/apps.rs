@@ -91,12 +91,13 @@ fn validate(a: &App) -> ApiResult<()> {
     if a.knowledge_bases.len() > 16 {
         return Err(ApiError::field("knowledge_bases", "at most 16 knowledge bases"));
     }
-    // No knowledge base can exist before the knowledge index lands, so every name is unknown;
-    // refusing here keeps an app from promising retrieval it cannot do.
-    if let Some(kb) = a.knowledge_bases.first() {
-        return Err(ApiError::field("knowledge_bases", format!("there is no knowledge base named '{kb}'")));
-    }
     Ok(())
+}
+
+/// Every knowledge base of the app must exist and be readable by its author (an app cannot
+/// publish a base its author may not read).
+fn check_bases(st: &AppState, p: &Principal, a: &App) -> ApiResult<()> {
+    crate::routes::knowledge::bases_for_app(st, p, &a.knowledge_bases)
 }
 
 /// Resolve and check the model inside the write: it must exist and be visible to the caller.
@@ -163,6 +164,7 @@ async fn create_app(
         updated_at: 0,
     };
     validate(&app)?;
+    check_bases(&st, &p, &app)?;
     let ev = p.event("app.create", format!("app:{}", app.name), json!({}));
     let p2 = p.clone();
     let app = st
@@ -214,6 +216,7 @@ async fn update_app(
         app.knowledge_bases = v;
     }
     validate(&app)?;
+    check_bases(&st, &p, &app)?;
     let ev = p.event("app.update", format!("app:{name}"), json!({}));
     let p2 = p.clone();
     let app = st

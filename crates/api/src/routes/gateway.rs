@@ -65,6 +65,8 @@ pub(crate) struct Target {
     pub adapter: Option<String>,
     /// Where to try, in order (local counts as priority 0; lower first).
     pub routes: Vec<Route>,
+    /// Retrieval for this request (bases and chunk ids), recorded with its audit event.
+    pub knowledge: Option<Value>,
 }
 
 impl Target {
@@ -194,7 +196,7 @@ pub(crate) async fn resolve(st: &AppState, p: &Principal, requested: &str, actio
         }
         return Err(missing());
     }
-    Ok(Target { model, app, adapter, routes: routes.into_iter().map(|(_, r)| r).collect() })
+    Ok(Target { model, app, adapter, routes: routes.into_iter().map(|(_, r)| r).collect(), knowledge: None })
 }
 
 /// The model named by a raw request body.
@@ -512,6 +514,9 @@ pub(crate) async fn finish(
     });
     if let Some(a) = &target.app {
         details["app"] = json!(a.name);
+    }
+    if let Some(k) = &target.knowledge {
+        details["knowledge"] = k.clone();
     }
     if let (Some(d), Value::Object(extra)) = (details.as_object_mut(), f.details) {
         d.extend(extra);

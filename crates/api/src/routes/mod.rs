@@ -6,6 +6,7 @@ pub(crate) mod auth;
 pub(crate) mod bundles;
 pub(crate) mod gateway;
 pub(crate) mod keys;
+pub(crate) mod knowledge;
 pub(crate) mod models;
 pub(crate) mod openai;
 pub(crate) mod pull;

@@ -405,6 +405,8 @@ struct Prepared {
     max_tokens: usize,
     stream: bool,
     include_usage: bool,
+    /// Passages the answer may cite (chat with knowledge).
+    citations: Option<Value>,
 }
 
 fn budget(st: &AppState, model: &LoadedModel, prompt_len: usize, max: Option<usize>, quota: u64) -> ApiResult<usize> {
@@ -449,6 +451,19 @@ async fn route(
     started: (i64, Instant),
 ) -> ApiResult<Result<Response, (Target, Permit)>> {
     let (target, permit) = gateway::enter(st, p, endpoint, body).await?;
+    upstream_first(st, p, endpoint, target, permit, body, started).await
+}
+
+/// Serve an admitted request upstream when its first route is an upstream.
+async fn upstream_first(
+    st: &AppState,
+    p: &Principal,
+    endpoint: Endpoint,
+    target: Target,
+    permit: Permit,
+    body: &Value,
+    started: (i64, Instant),
+) -> ApiResult<Result<Response, (Target, Permit)>> {
     if matches!(target.routes.first(), Some(Route::Local)) {
         return Ok(Err((target, permit)));
     }
@@ -458,9 +473,154 @@ async fn route(
     }
 }
 
+/// `"knowledge": {"bases": [...], "top_k": n}` on a chat request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KnowledgeRequest {
+    bases: Vec<String>,
+    #[serde(default)]
+    top_k: Option<usize>,
+}
+
+/// Passages retrieved for a chat request.
+struct Retrieved {
+    hits: Vec<maasbox_knowledge::Hit>,
+    bases: Vec<String>,
+}
+
+impl Retrieved {
+    /// The system text that carries the passages that fit (`fits` says whether a text still
+    /// fits the context budget), and the passages used, numbered from 1.
+    fn context(&self, fits: impl Fn(&str) -> bool) -> (String, Vec<&maasbox_knowledge::Hit>) {
+        let head = "Answer using the numbered passages below when they are relevant and cite them as [n]. \
+                    If they do not contain the answer, say so.\n\n";
+        let mut text = head.to_owned();
+        let mut used = Vec::new();
+        for h in &self.hits {
+            let passage = format!("[{}] {} ({})\n{}\n\n", used.len() + 1, h.document, h.anchor, h.text);
+            let next = format!("{text}{passage}");
+            if !fits(&next) {
+                break;
+            }
+            text = next;
+            used.push(h);
+        }
+        if used.is_empty() {
+            return (String::new(), used);
+        }
+        (text.trim_end().to_owned(), used)
+    }
+
+    fn citations(used: &[&maasbox_knowledge::Hit]) -> Value {
+        Value::Array(
+            used.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    json!({"index": i + 1, "document": h.document, "anchor": h.anchor, "text": h.text,
+                           "base": h.base, "document_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score})
+                })
+                .collect(),
+        )
+    }
+
+    fn audit(&self, used: &[&maasbox_knowledge::Hit]) -> Value {
+        json!({"bases": self.bases, "retrieved": self.hits.len(), "chunks": used.iter().map(|h| h.chunk_id.clone()).collect::<Vec<_>>()})
+    }
+}
+
+/// The text of the last user message of a raw chat body.
+fn last_user_text(body: &Value) -> Option<String> {
+    let msgs = body.get("messages")?.as_array()?;
+    let m = msgs.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    match m.get("content")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n"))
+        }
+        _ => None,
+    }
+}
+
+/// Retrieve for the last user turn from the request's `knowledge` bases (each must be readable:
+/// 404 otherwise) or else the app's bases (those the caller may not read are skipped).
+async fn retrieve(
+    st: &AppState,
+    p: &Principal,
+    target: &Target,
+    asked: Option<KnowledgeRequest>,
+    body: &Value,
+) -> ApiResult<Option<Retrieved>> {
+    let (bases, top_k) = match (asked, target.app.as_ref().filter(|a| !a.knowledge_bases.is_empty())) {
+        (Some(k), _) => {
+            let top_k = k.top_k.unwrap_or(st.config().knowledge.rag_top_k);
+            if !(1..=20).contains(&top_k) {
+                return Err(ApiError::field("knowledge.top_k", "top_k must be between 1 and 20"));
+            }
+            (crate::routes::knowledge::bases_for(st, p, &k.bases, "knowledge.bases")?, top_k)
+        }
+        (None, Some(app)) => {
+            let readable: Vec<_> = app
+                .knowledge_bases
+                .iter()
+                .filter_map(|n| st.knowledge().base(n).ok())
+                .filter(|b| crate::routes::knowledge::readable_through_app(p, b, &app.name))
+                .collect();
+            (readable, st.config().knowledge.rag_top_k)
+        }
+        (None, None) => return Ok(None),
+    };
+    let names: Vec<String> = bases.iter().map(|b| b.name.clone()).collect();
+    let Some(query) = last_user_text(body).filter(|q| !q.trim().is_empty()) else {
+        return Ok(Some(Retrieved { hits: Vec::new(), bases: names }));
+    };
+    if bases.is_empty() {
+        return Ok(Some(Retrieved { hits: Vec::new(), bases: names }));
+    }
+    let hits = crate::routes::knowledge::search_bases(st, p, bases, &query, top_k, maasbox_knowledge::Mode::Hybrid).await?;
+    Ok(Some(Retrieved { hits, bases: names }))
+}
+
+/// Put `context` into the conversation: appended to a leading system message, or as a new one.
+fn insert_context(msgs: &mut Vec<ChatMessage>, context: String) {
+    match msgs.first_mut().filter(|m| m.role == "system") {
+        Some(m) => m.content = format!("{}\n\n{context}", m.content),
+        None => msgs.insert(0, ChatMessage { role: "system".into(), content: context }),
+    }
+}
+
+/// The same on a raw body bound upstream.
+fn insert_context_json(body: &mut Value, context: String) {
+    let Some(msgs) = body.get_mut("messages").and_then(Value::as_array_mut) else { return };
+    match msgs.first_mut().filter(|m| m.get("role").and_then(Value::as_str) == Some("system")) {
+        Some(m) if m.get("content").is_some_and(Value::is_string) => {
+            let old = m["content"].as_str().unwrap_or_default().to_owned();
+            m["content"] = json!(format!("{old}\n\n{context}"));
+        }
+        _ => msgs.insert(0, json!({"role": "system", "content": context})),
+    }
+}
+
+/// Passages for an upstream model, whose tokenizer is unknown here: about 3 characters a token.
+const UPSTREAM_CONTEXT_CHARS: usize = 6000;
+
 async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJson<Value>) -> ApiResult<Response> {
     let started = (now_millis(), Instant::now());
-    let (target, permit) = match route(&st, &p, Endpoint::Chat, &mut body, started).await? {
+    let asked = match body.as_object_mut().and_then(|o| o.remove("knowledge")) {
+        None | Some(Value::Null) => None,
+        Some(k) => Some(serde_json::from_value::<KnowledgeRequest>(k).map_err(|e| {
+            ApiError::field("knowledge", format!("knowledge must be {{\"bases\": [names], \"top_k\": n}}: {e}"))
+        })?),
+    };
+    let (mut target, permit) = gateway::enter(&st, &p, Endpoint::Chat, &mut body).await?;
+    let retrieved = retrieve(&st, &p, &target, asked, &body).await?;
+    if let Some(r) = retrieved.as_ref().filter(|_| !matches!(target.routes.first(), Some(Route::Local))) {
+        let (context, used) = r.context(|t| t.chars().count() <= UPSTREAM_CONTEXT_CHARS);
+        target.knowledge = Some(r.audit(&used));
+        if !context.is_empty() {
+            insert_context_json(&mut body, context);
+        }
+    }
+    let (mut target, permit) = match upstream_first(&st, &p, Endpoint::Chat, target, permit, &body, started).await? {
         Ok(served) => return Ok(served),
         Err(local) => local,
     };
@@ -493,6 +653,27 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJs
         parse_keep_alive(common.keep_alive.as_ref().unwrap_or(&Value::Null))?;
     }
     let model = load(&st, &target, common.keep_alive.as_ref()).await?;
+    let mut citations = None;
+    if let Some(r) = &retrieved {
+        // Passages fill what the conversation and the answer leave of the context.
+        let m2 = model.clone();
+        let plain = msgs.clone();
+        let base_len = tokio::task::spawn_blocking(move || m2.tokenize_chat(&plain))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()).param("messages"))?
+            .len();
+        let n_ctx = model.info().n_ctx as usize;
+        let answer = max.unwrap_or(st.config().engine.default_max_tokens).min(n_ctx / 4);
+        let room = n_ctx.saturating_sub(base_len + answer + 16);
+        let m2 = model.clone();
+        let (context, used) = r.context(|t| m2.tokenize(t).len() <= room);
+        target.knowledge = Some(r.audit(&used));
+        citations = Some(Retrieved::citations(&used));
+        if !context.is_empty() {
+            insert_context(&mut msgs, context);
+        }
+    }
     let m2 = model.clone();
     let prompt = tokio::task::spawn_blocking(move || m2.tokenize_chat(&msgs))
         .await
@@ -509,6 +690,7 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJs
         max_tokens,
         stream: common.stream.unwrap_or(false),
         include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        citations,
     };
     run(st, p, prep, Metered { endpoint: Endpoint::Chat, target, permit, started }).await
 }
@@ -549,6 +731,7 @@ async fn completions(
         max_tokens,
         stream: req.common.stream.unwrap_or(false),
         include_usage: req.common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        citations: None,
     };
     run(st, p, prep, Metered { endpoint: Endpoint::Completion, target, permit, started }).await
 }
@@ -694,15 +877,19 @@ async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> Ap
             _ => json!({"index": 0, "text": text, "finish_reason": out.finish, "logprobs": null}),
         };
         let object = if kind == Endpoint::Chat { "chat.completion" } else { "text_completion" };
-        return Ok(Json(json!({
+        let mut body = json!({
             "id": id, "object": object, "created": created, "model": model_name,
             "choices": [choice], "usage": usage_json(&out.usage), "system_fingerprint": null,
-        }))
-        .into_response());
+        });
+        if let Some(c) = prep.citations {
+            body["citations"] = c;
+        }
+        return Ok(Json(body).into_response());
     }
 
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     let include_usage = prep.include_usage;
+    let citations = prep.citations;
     tokio::spawn(async move {
         let object = if kind == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
         let chunk = |delta: Value, finish: Option<FinishReason>| -> Event {
@@ -759,6 +946,10 @@ async fn run(st: AppState, p: Principal, prep: Prepared, metered: Metered) -> Ap
             let _ = tx.send(Ok(chunk(json!({}), out.finish))).await;
             if include_usage {
                 let body = json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [], "usage": usage_json(&out.usage)});
+                let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
+            }
+            if let Some(c) = citations {
+                let body = json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [], "citations": c});
                 let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
             }
         }
