@@ -774,7 +774,7 @@ pub(crate) fn bases_for(st: &AppState, p: &Principal, names: &[String], param: &
 /// An app's bases: each must exist and be readable by the app's author.
 pub(crate) fn bases_for_app(st: &AppState, p: &Principal, names: &[String]) -> ApiResult<()> {
     for n in names {
-        base_for(st, p, n).map_err(|e| e.param("knowledge_bases"))?;
+        base_for(st, p, n).map_err(|e| ApiError::field("knowledge_bases", e.message))?;
     }
     Ok(())
 }
