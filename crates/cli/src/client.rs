@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{AppCmd, AuditCmd, BundleCmd, ClientArgs, KeyCmd, LimitArgs, ModelCmd, UpstreamCmd, UserCmd};
+use crate::{AppCmd, AuditCmd, BundleCmd, ClientArgs, KbCmd, KeyCmd, LimitArgs, ModelCmd, UpstreamCmd, UserCmd};
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -44,6 +44,38 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        self.checked(req).await
+    }
+
+    /// Send a multipart form.
+    async fn send_form(&self, path: &str, form: reqwest::multipart::Form) -> anyhow::Result<Value> {
+        let req = self.http.post(format!("{}{}", self.base, path)).bearer_auth(&self.token).multipart(form);
+        Ok(self.checked(req).await?.json().await?)
+    }
+
+    /// Follow a server-sent event stream of JSON progress until `last` says an event is final;
+    /// returns that event (or `Null` when the stream ended early).
+    async fn follow(&self, path: &str, mut each: impl FnMut(&Value), last: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        use futures::StreamExt;
+        let resp = self.send(Method::GET, path, None).await?;
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                let Some(data) = line.trim_end().strip_prefix("data:") else { continue };
+                let ev: Value = serde_json::from_str(data.trim())?;
+                each(&ev);
+                if last(&ev) {
+                    return Ok(ev);
+                }
+            }
+        }
+        Ok(Value::Null)
+    }
+
+    async fn checked(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.with_context(|| format!("cannot reach the maasbox server at {}", self.base))?;
         let status = resp.status();
         if status.is_success() {
@@ -596,7 +628,6 @@ async fn pull(
     sha256: Option<String>,
     base: Option<String>,
 ) -> anyhow::Result<()> {
-    use futures::StreamExt;
     let cl = Client::new(c)?;
     let body = json!({"url": url, "name": name, "sha256": sha256, "base": base});
     let job = cl.call(Method::POST, "/api/v1/models", Some(body)).await?;
@@ -610,30 +641,21 @@ async fn pull(
             .progress_chars("=> "),
     );
     bar.set_message(s(&job["model"]));
-    let resp = cl.send(Method::GET, &format!("/api/v1/models/imports/{id}/events"), None).await?;
-    let mut body = resp.bytes_stream();
-    let mut buf = String::new();
-    let mut last = Value::Null;
-    'events: while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(i) = buf.find('\n') {
-            let line: String = buf.drain(..=i).collect();
-            let Some(data) = line.trim_end().strip_prefix("data: ") else { continue };
-            let ev: Value = serde_json::from_str(data)?;
-            if let Some(t) = ev["total"].as_u64() {
-                bar.set_length(t);
-            }
-            bar.set_position(ev["bytes"].as_u64().unwrap_or(0));
-            if ev["phase"] == "verifying" {
-                bar.set_message(format!("{} (verifying)", s(&ev["model"])));
-            }
-            let done = matches!(ev["phase"].as_str(), Some("done" | "failed" | "cancelled"));
-            last = ev;
-            if done {
-                break 'events;
-            }
-        }
-    }
+    let last = cl
+        .follow(
+            &format!("/api/v1/models/imports/{id}/events"),
+            |ev| {
+                if let Some(t) = ev["total"].as_u64() {
+                    bar.set_length(t);
+                }
+                bar.set_position(ev["bytes"].as_u64().unwrap_or(0));
+                if ev["phase"] == "verifying" {
+                    bar.set_message(format!("{} (verifying)", s(&ev["model"])));
+                }
+            },
+            |ev| matches!(ev["phase"].as_str(), Some("done" | "failed" | "cancelled")),
+        )
+        .await?;
     bar.finish_and_clear();
     match last["phase"].as_str() {
         Some("done") => {
@@ -774,5 +796,117 @@ async fn set_upstream_enabled(c: &ClientArgs, name: &str, enabled: bool) -> anyh
     let cl = Client::new(c)?;
     let v = cl.call(Method::PATCH, &format!("/api/v1/upstreams/{name}"), Some(json!({"enabled": enabled}))).await?;
     cl.print(&v, |v| println!("upstream {} is {}", s(&v["name"]), if enabled { "enabled" } else { "disabled" }));
+    Ok(())
+}
+
+pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
+    match cmd {
+        KbCmd::Create { name, description, embedding_model, chunk_tokens, chunk_overlap, public, users, roles, c } => {
+            let cl = Client::new(&c)?;
+            let visibility = if public {
+                Some(json!({}))
+            } else if users.is_empty() && roles.is_empty() {
+                None
+            } else {
+                Some(json!({"users": users, "roles": roles}))
+            };
+            let body = json!({"name": name, "description": description, "embedding_model": embedding_model,
+                "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "visibility": visibility});
+            let v = cl.call(Method::POST, "/api/v1/knowledge", Some(body)).await?;
+            cl.print(&v, |v| {
+                println!(
+                    "created knowledge base {} (embeddings: {}, {} dims; chunks of {} tokens, overlap {})",
+                    s(&v["name"]),
+                    s(&v["embedding_model"]),
+                    s(&v["dim"]),
+                    s(&v["chunk_tokens"]),
+                    s(&v["chunk_overlap"])
+                )
+            });
+        }
+        KbCmd::List { c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, "/api/v1/knowledge", None).await?;
+            cl.print(&v, |v| {
+                let mut rows = vec![["NAME", "OWNER", "DOCUMENTS", "CHUNKS", "EMBEDDINGS", "DESCRIPTION"].map(String::from).to_vec()];
+                for b in v["data"].as_array().into_iter().flatten() {
+                    rows.push(vec![s(&b["name"]), s(&b["owner"]), s(&b["documents"]), s(&b["chunks"]), s(&b["embedding_model"]), s(&b["description"])]);
+                }
+                table(&rows);
+            });
+        }
+        KbCmd::Rm { name, c } => {
+            let cl = Client::new(&c)?;
+            cl.call(Method::DELETE, &format!("/api/v1/knowledge/{name}"), None).await?;
+            println!("removed knowledge base {name} with its documents");
+        }
+        KbCmd::Add { name, files, c } => {
+            let cl = Client::new(&c)?;
+            let mut form = reqwest::multipart::Form::new();
+            for f in &files {
+                let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                let fname = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+                form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(fname));
+            }
+            let job = cl.send_form(&format!("/api/v1/knowledge/{name}/documents"), form).await?;
+            let id = s(&job["id"]);
+            let bar = indicatif::ProgressBar::new(0);
+            if cl.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks embedded")?.progress_chars("=> "));
+            bar.set_message(format!("{} file(s)", files.len()));
+            let last = cl
+                .follow(
+                    &format!("/api/v1/knowledge/jobs/{id}/events"),
+                    |ev| {
+                        bar.set_length(ev["chunked"].as_u64().unwrap_or(0));
+                        bar.set_position(ev["embedded"].as_u64().unwrap_or(0));
+                        bar.set_message(format!("{} of {} parsed", s(&ev["parsed"]), files.len()));
+                    },
+                    |ev| matches!(ev["phase"].as_str(), Some("done" | "cancelled")),
+                )
+                .await?;
+            bar.finish_and_clear();
+            if last.is_null() {
+                bail!("the progress stream of job {id} ended early; GET /api/v1/knowledge/jobs/{id} tells how it ended");
+            }
+            cl.print(&last, |v| {
+                for f in v["files"].as_array().into_iter().flatten() {
+                    match f["error"].as_str() {
+                        Some(e) => println!("{}: {} ({e})", s(&f["name"]), s(&f["status"])),
+                        None => println!("{}: {} ({} chunks)", s(&f["name"]), s(&f["status"]), s(&f["chunks"])),
+                    }
+                }
+            });
+            let failed = last["files"].as_array().into_iter().flatten().filter(|f| matches!(f["status"].as_str(), Some("failed" | "cancelled"))).count();
+            if failed > 0 {
+                bail!("{failed} of {} file(s) were not added", files.len());
+            }
+        }
+        KbCmd::Docs { name, c } => {
+            let cl = Client::new(&c)?;
+            let v = cl.call(Method::GET, &format!("/api/v1/knowledge/{name}/documents"), None).await?;
+            cl.print(&v, |v| {
+                let mut rows = vec![["ID", "NAME", "FORMAT", "STATUS", "CHUNKS", "SIZE", "NOTE"].map(String::from).to_vec()];
+                for d in v["data"].as_array().into_iter().flatten() {
+                    rows.push(vec![s(&d["id"]), s(&d["name"]), s(&d["format"]), s(&d["status"]), s(&d["chunks"]), human_size(d["bytes"].as_i64().unwrap_or(0)), s(&d["error"])]);
+                }
+                table(&rows);
+            });
+        }
+        KbCmd::Search { bases, query, top_k, mode, c } => {
+            let cl = Client::new(&c)?;
+            let body = json!({"bases": bases, "query": query, "top_k": top_k, "mode": mode});
+            let v = cl.call(Method::POST, "/api/v1/knowledge/search", Some(body)).await?;
+            cl.print(&v, |v| {
+                for (i, h) in v["data"].as_array().into_iter().flatten().enumerate() {
+                    let text: String = s(&h["text"]).chars().take(240).collect();
+                    println!("[{}] {:.4}  {}/{}  ({})\n    {}", i + 1, h["score"].as_f64().unwrap_or(0.0), s(&h["base"]), s(&h["document"]), s(&h["anchor"]), text.replace('\n', "\n    "));
+                }
+                println!("({:.1} ms)", v["took_ms"].as_f64().unwrap_or(0.0));
+            });
+        }
+    }
     Ok(())
 }

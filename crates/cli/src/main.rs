@@ -52,6 +52,9 @@ enum Command {
     /// Manage apps (assistants called as `app:<name>`).
     #[command(subcommand)]
     App(AppCmd),
+    /// Knowledge bases: create, add documents, search.
+    #[command(subcommand)]
+    Kb(KbCmd),
     /// Usage of /v1 from the daily rollup (your own, or everyone's for admins and auditors).
     Usage(UsageArgs),
     /// Offline recovery commands that work with the server stopped.
@@ -291,6 +294,84 @@ enum UpstreamCmd {
     Rm {
         /// Name.
         name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KbCmd {
+    /// Create a knowledge base (private to you unless --public, --users or --roles).
+    Create {
+        /// Name.
+        name: String,
+        /// What it holds.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Embedding model (default: the server's [knowledge] default_embedding_model).
+        #[arg(long)]
+        embedding_model: Option<String>,
+        /// Chunk size in tokens.
+        #[arg(long)]
+        chunk_tokens: Option<usize>,
+        /// Tokens shared by consecutive chunks.
+        #[arg(long)]
+        chunk_overlap: Option<usize>,
+        /// Every user may search it.
+        #[arg(long, conflicts_with_all = ["users", "roles"])]
+        public: bool,
+        /// Comma-separated usernames that may search it.
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        /// Comma-separated roles that may search it.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List the knowledge bases you may read.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Delete a knowledge base with all its documents.
+    Rm {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Add documents (txt, md, html, pdf, docx, ofd) and wait until they are indexed.
+    Add {
+        /// Knowledge base.
+        name: String,
+        /// Files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List a knowledge base's documents.
+    Docs {
+        /// Knowledge base.
+        name: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Search one or more knowledge bases.
+    Search {
+        /// Comma-separated knowledge bases.
+        #[arg(value_delimiter = ',')]
+        bases: Vec<String>,
+        /// The query.
+        #[arg(long, short)]
+        query: String,
+        /// Results.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// hybrid, vector or keyword.
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -564,6 +645,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => client::key(cmd).await,
         Command::Model(cmd) => client::model(cmd).await,
         Command::App(cmd) => client::app(cmd).await,
+        Command::Kb(cmd) => client::kb(cmd).await,
         Command::Bundle(cmd) => client::bundle(cmd).await,
         Command::Upstream(cmd) => client::upstream(cmd).await,
         Command::Usage(a) => client::usage(&a.c, &a.by, a.from, a.to, a.user).await,

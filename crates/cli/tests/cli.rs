@@ -388,10 +388,14 @@ mod parking_lot_free {
 }
 
 fn smollm2() -> PathBuf {
+    model_file("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn model_file(name: &str) -> PathBuf {
     let dir = std::env::var_os("MAASBOX_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = dir.join(name);
     assert!(p.exists(), "{} is missing: run `python3 models/fetch.py`", p.display());
     p
 }
@@ -501,4 +505,70 @@ async fn gateway_commands_quotas_apps_visibility_usage() {
     c(&["app", "rm", "haiku"]);
     assert_eq!(me_status(&http, &srv, &secret).await, 401, "the app's key went with it");
     assert!(sigterm(&mut srv.child).success());
+}
+
+fn sample(name: &str) -> String {
+    format!("{}/../../assets/samples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// kill -9 while a large document is being embedded: after a restart the index opens, the
+/// interrupted document is marked failed with no chunks left, earlier documents are still
+/// found, and new documents can be added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knowledge_survives_kill_9_during_ingestion() {
+    use futures::StreamExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut srv = serve(&dir);
+    let http = reqwest::Client::new();
+    let admin = setup(&http, &srv).await;
+    let c = |srv: &Served, args: &[&str]| ok(&run(client(srv, &dir, args)));
+    let minilm = model_file("all-MiniLM-L6-v2.F32.gguf");
+    c(&srv, &["model", "import", minilm.to_str().unwrap(), "--name", "all-minilm-l6-v2"]);
+    let out = c(&srv, &["kb", "create", "docs", "--public", "--description", "samples"]);
+    assert!(out.contains("created knowledge base docs"), "{out}");
+    let out = c(&srv, &["kb", "add", "docs", &sample("guide.md"), &sample("contract.ofd")]);
+    assert!(out.contains("guide.md: ready") && out.contains("contract.ofd: ready"), "{out}");
+
+    let long: String = (0..4000).map(|i| format!("Paragraph {i} is about subject {} in detail.\n\n", i % 89)).collect();
+    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(long.into_bytes()).file_name("big.txt"));
+    let job: Value = http
+        .post(format!("{}/api/v1/knowledge/docs/documents", srv.url))
+        .bearer_auth(&admin)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http.get(format!("{}/api/v1/knowledge/jobs/{}/events", srv.url, job["id"].as_str().unwrap())).bearer_auth(&admin).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while let Some(chunk) = body.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        if seen.contains("\"embedded\":64") || seen.contains("\"embedded\":96") {
+            break;
+        }
+    }
+    srv.child.kill().unwrap(); // SIGKILL while embedding
+    srv.child.wait().unwrap();
+
+    let mut srv = serve(&dir);
+    let docs = c(&srv, &["kb", "docs", "docs", "--json"]);
+    let docs: Value = serde_json::from_str(&docs).unwrap();
+    let big = docs["data"].as_array().unwrap().iter().find(|d| d["name"] == "big.txt").unwrap().clone();
+    assert_eq!(big["status"], "failed", "{big}");
+    assert!(big["error"].as_str().unwrap().contains("interrupted"), "{big}");
+    let out = c(&srv, &["kb", "search", "docs", "-q", "subject 7 in detail", "--mode", "keyword"]);
+    assert!(!out.contains("big.txt"), "no chunk of the interrupted document: {out}");
+    let out = c(&srv, &["kb", "search", "docs", "-q", "what holds the data directory lock"]);
+    assert!(out.contains("docs/guide.md"), "{out}");
+    let out = c(&srv, &["kb", "add", "docs", &sample("notice.html")]);
+    assert!(out.contains("notice.html: ready"), "{out}");
+    let out = c(&srv, &["kb", "list"]);
+    assert!(out.contains("docs") && out.contains("owner") && out.contains("samples"), "{out}");
+    sigterm(&mut srv.child);
+    let out = ok(&run(&mut maasbox(&["audit", "verify", "--offline", "--json", "--data-dir", dir.to_str().unwrap()])));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["valid"], true);
 }
