@@ -5,6 +5,8 @@
 //! table` prints saved figures again). Every request gets a prompt that differs from the others in its first words, so no
 //! server can answer from a prompt cache and prompt speed is measured on a full prefill.
 
+mod knowledge;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,8 @@ enum Cmd {
     /// Latency of short non-streaming chat requests through several targets (e.g. a server
     /// directly and through a gateway), interleaved; prints p50/p99 side by side.
     Latency(LatencyArgs),
+    /// The knowledge index on a generated corpus (ingest rate, search latency; data for peers).
+    Knowledge(knowledge::KnowledgeArgs),
     /// Print the figures of several runs as one table; the first file is the reference.
     Table {
         /// JSON files written by `run`.
@@ -490,6 +494,7 @@ async fn main() -> Result<()> {
         Cmd::Run(a) => run(a).await,
         Cmd::Latency(a) => latency(a).await,
         Cmd::Table { files } => table(&files),
+        Cmd::Knowledge(a) => knowledge::run(a).await,
     }
 }
 
