@@ -23,5 +23,7 @@ CODE=$(cat "$DATA/setup.token")
 curl -sf -XPOST "$URL/api/v1/auth/setup" -H 'content-type: application/json' \
   -d "{\"code\":\"$CODE\",\"username\":\"operator\",\"password\":\"Client-Test-Passw0rd\"}" >/dev/null
 KEY=$("$BIN" key create --name openai-test --data-dir "$DATA" | sed -n 's/.*store it now): //p')
-MAASBOX_BASE_URL="$URL/v1" MAASBOX_API_KEY="$KEY" MAASBOX_CHAT_MODEL=smollm2:135m MAASBOX_EMBED_MODEL=all-minilm-l6-v2:latest \
+"$BIN" kb create docs --public --data-dir "$DATA" >/dev/null
+"$BIN" kb add docs assets/samples/guide.md assets/samples/contract.ofd --data-dir "$DATA" >/dev/null
+MAASBOX_BASE_URL="$URL/v1" MAASBOX_API_KEY="$KEY" MAASBOX_CHAT_MODEL=smollm2:135m MAASBOX_EMBED_MODEL=all-minilm-l6-v2:latest MAASBOX_KB=docs \
   "$VENV/bin/python" tests/python/openai_client.py

@@ -1,6 +1,7 @@
 """The official `openai` Python client against a running maasbox (see scripts/openai-test.sh).
 
-Environment: MAASBOX_BASE_URL (…/v1), MAASBOX_API_KEY, MAASBOX_CHAT_MODEL, MAASBOX_EMBED_MODEL.
+Environment: MAASBOX_BASE_URL (…/v1), MAASBOX_API_KEY, MAASBOX_CHAT_MODEL, MAASBOX_EMBED_MODEL,
+MAASBOX_KB (a knowledge base holding assets/samples/guide.md and contract.ofd).
 Prints 'N passed, M failed' and exits non-zero on any failure.
 """
 
@@ -14,6 +15,7 @@ import openai
 client = openai.OpenAI(base_url=os.environ["MAASBOX_BASE_URL"], api_key=os.environ["MAASBOX_API_KEY"])
 CHAT = os.environ["MAASBOX_CHAT_MODEL"]
 EMBED = os.environ["MAASBOX_EMBED_MODEL"]
+KB = os.environ["MAASBOX_KB"]
 
 
 def test_models_lists_the_imported_models():
@@ -80,6 +82,28 @@ def test_errors_are_openai_errors():
         raise AssertionError("expected BadRequestError")
     except openai.BadRequestError as e:
         assert e.param == "n", e
+
+
+def test_retrieval_augmented_chat_returns_citations():
+    ask = [{"role": "user", "content": "Why would the server refuse to start? Mention the data directory."}]
+    r = client.chat.completions.create(
+        model=CHAT, messages=ask, max_tokens=16, temperature=0, extra_body={"knowledge": {"bases": [KB], "top_k": 3}}
+    )
+    cites = r.model_extra["citations"]
+    assert 1 <= len(cites) <= 3, cites
+    assert cites[0]["index"] == 1 and cites[0]["document"] == "guide.md", cites
+    assert "data directory lock" in " ".join(c["text"] for c in cites), cites
+    stream = client.chat.completions.create(
+        model=CHAT, messages=ask, max_tokens=16, temperature=0, stream=True, extra_body={"knowledge": {"bases": [KB]}}
+    )
+    chunks = list(stream)
+    with_cites = [c for c in chunks if (c.model_extra or {}).get("citations")]
+    assert len(with_cites) == 1 and with_cites[0] is chunks[-1], [c.model_extra for c in chunks[-3:]]
+    try:
+        client.chat.completions.create(model=CHAT, messages=ask, extra_body={"knowledge": {"bases": ["no-such-base"]}})
+        raise AssertionError("expected NotFoundError")
+    except openai.NotFoundError as e:
+        assert e.param == "knowledge.bases", e
 
 
 if __name__ == "__main__":
