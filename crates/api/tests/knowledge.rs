@@ -31,7 +31,8 @@ async fn upload(srv: &Server, tok: &str, kb: &str, files: Vec<(String, Vec<u8>)>
 
 /// Every progress event of a job until it ends.
 async fn follow(srv: &Server, tok: &str, job: &str) -> Vec<Value> {
-    let resp = srv.http.get(srv.url(&format!("/api/v1/knowledge/jobs/{job}/events"))).bearer_auth(tok).send().await.unwrap();
+    let resp =
+        srv.http.get(srv.url(&format!("/api/v1/knowledge/jobs/{job}/events"))).bearer_auth(tok).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.bytes_stream();
     let (mut buf, mut out) = (String::new(), Vec::new());
@@ -58,7 +59,8 @@ async fn stream_chat(srv: &Server, tok: &str, body: Value) -> Vec<String> {
 async fn prepared() -> (Server, String) {
     let srv = Server::start_with(|c| c.engine.threads = 2).await;
     let admin = srv.setup().await;
-    let (s, v) = srv.post("/api/v1/models", &admin, json!({"path": model_file(MINILM), "name": "all-minilm-l6-v2"})).await;
+    let (s, v) =
+        srv.post("/api/v1/models", &admin, json!({"path": model_file(MINILM), "name": "all-minilm-l6-v2"})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (s, v) = srv.post("/api/v1/models", &admin, json!({"path": model_file(SMOL), "name": "smollm2:135m"})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -66,7 +68,9 @@ async fn prepared() -> (Server, String) {
 }
 
 async fn search(srv: &Server, tok: &str, kb: &str, query: &str, mode: &str) -> Vec<Value> {
-    let (s, v) = srv.post(&format!("/api/v1/knowledge/{kb}/search"), tok, json!({"query": query, "mode": mode, "top_k": 3})).await;
+    let (s, v) = srv
+        .post(&format!("/api/v1/knowledge/{kb}/search"), tok, json!({"query": query, "mode": mode, "top_k": 3}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v["data"].as_array().unwrap().clone()
 }
@@ -74,7 +78,13 @@ async fn search(srv: &Server, tok: &str, kb: &str, query: &str, mode: &str) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ingest_every_format_search_and_answer_with_citations() {
     let (srv, admin) = prepared().await;
-    let (s, kb) = srv.post("/api/v1/knowledge", &admin, json!({"name": "docs", "description": "samples", "chunk_tokens": 64, "chunk_overlap": 8})).await;
+    let (s, kb) = srv
+        .post(
+            "/api/v1/knowledge",
+            &admin,
+            json!({"name": "docs", "description": "samples", "chunk_tokens": 64, "chunk_overlap": 8}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{kb}");
     assert_eq!(kb["embedding_model"], "all-minilm-l6-v2:latest");
     assert_eq!(kb["dim"], 384);
@@ -116,7 +126,9 @@ async fn ingest_every_format_search_and_answer_with_citations() {
     assert_eq!(job2["files"][0]["document"], guide["id"]);
 
     // each format is findable, with its anchor
-    let top = |hits: &[Value]| (hits[0]["document"].as_str().unwrap().to_owned(), hits[0]["anchor"].as_str().unwrap().to_owned());
+    let top = |hits: &[Value]| {
+        (hits[0]["document"].as_str().unwrap().to_owned(), hits[0]["anchor"].as_str().unwrap().to_owned())
+    };
     let hits = search(&srv, &admin, "docs", "another process holds the data directory lock", "hybrid").await;
     assert_eq!(top(&hits), ("guide.md".into(), "maasbox guide › Troubleshooting".into()));
     assert!(hits[0]["vector_rank"].is_number() && hits[0]["keyword_rank"].is_number(), "{}", hits[0]);
@@ -139,7 +151,11 @@ async fn ingest_every_format_search_and_answer_with_citations() {
         let (s, v) = srv.post("/api/v1/knowledge/docs/search", &admin, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert_error_shape(&v);
-        assert!(v["error"]["param"].as_str().unwrap_or_default().contains(param) || v["error"]["message"].as_str().unwrap().contains(param), "{v}");
+        assert!(
+            v["error"]["param"].as_str().unwrap_or_default().contains(param)
+                || v["error"]["message"].as_str().unwrap().contains(param),
+            "{v}"
+        );
     }
 
     // grants: a developer sees nothing of a private base, not even that it exists
@@ -148,7 +164,10 @@ async fn ingest_every_format_search_and_answer_with_citations() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let (s, missing) = srv.get("/api/v1/knowledge/nothing-here", &dev).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(v["error"]["message"].as_str().unwrap().replace("docs", "X"), missing["error"]["message"].as_str().unwrap().replace("nothing-here", "X"));
+    assert_eq!(
+        v["error"]["message"].as_str().unwrap().replace("docs", "X"),
+        missing["error"]["message"].as_str().unwrap().replace("nothing-here", "X")
+    );
     let (_, list) = srv.get("/api/v1/knowledge", &dev).await;
     assert_eq!(list["data"], json!([]));
     let (s, _) = srv.post("/api/v1/knowledge/search", &dev, json!({"bases": ["docs"], "query": "lock"})).await;
@@ -195,9 +214,13 @@ async fn ingest_every_format_search_and_answer_with_citations() {
     assert_eq!(v["error"]["param"], "knowledge");
 
     // apps: their bases must exist; a caller gets passages only from bases they may read
-    let (s, v) = srv.post("/api/v1/apps", &admin, json!({"name": "helper", "model": "smollm2:135m", "knowledge_bases": ["nope"]})).await;
+    let (s, v) = srv
+        .post("/api/v1/apps", &admin, json!({"name": "helper", "model": "smollm2:135m", "knowledge_bases": ["nope"]}))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, v) = srv.post("/api/v1/apps", &admin, json!({"name": "helper", "model": "smollm2:135m", "knowledge_bases": ["docs"]})).await;
+    let (s, v) = srv
+        .post("/api/v1/apps", &admin, json!({"name": "helper", "model": "smollm2:135m", "knowledge_bases": ["docs"]}))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let via_app = json!({"model": "app:helper", "max_tokens": 8, "messages": [{"role": "user", "content": "What holds the data directory lock?"}]});
     let (s, v) = srv.post("/v1/chat/completions", &dev, via_app.clone()).await;
@@ -213,9 +236,14 @@ async fn ingest_every_format_search_and_answer_with_citations() {
     let (s, _) = srv.req(Method::DELETE, &format!("/api/v1/knowledge/docs/documents/{hb}"), Some(&admin), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     for mode in ["hybrid", "vector", "keyword"] {
-        assert!(search(&srv, &admin, "docs", "badges worn inside the data centre", mode).await.iter().all(|h| h["document"] != "handbook.pdf"));
+        assert!(search(&srv, &admin, "docs", "badges worn inside the data centre", mode)
+            .await
+            .iter()
+            .all(|h| h["document"] != "handbook.pdf"));
     }
-    for action in ["knowledge.create", "knowledge.upload", "knowledge.ingest", "knowledge.update", "knowledge.document.delete"] {
+    for action in
+        ["knowledge.create", "knowledge.upload", "knowledge.ingest", "knowledge.update", "knowledge.document.delete"]
+    {
         assert!(!srv.events(&admin, action).await.is_empty(), "{action} audited");
     }
     let (s, v) = srv.get("/api/v1/audit/verify", &admin).await;
@@ -232,12 +260,14 @@ async fn cancelling_an_ingestion_leaves_nothing_and_deleting_a_base_removes_all(
     let (s, v) = srv.post("/api/v1/knowledge", &admin, json!({"name": "x", "embedding_model": "smollm2:135m"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("not an embedding model"), "{v}");
-    let long: String = (0..3000).map(|i| format!("Paragraph {i} talks about topic {} at length.\n\n", i % 97)).collect();
+    let long: String =
+        (0..3000).map(|i| format!("Paragraph {i} talks about topic {} at length.\n\n", i % 97)).collect();
     let (s, job) = upload(&srv, &admin, "big", vec![("long.txt".into(), long.into_bytes())]).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let id = job["id"].as_str().unwrap().to_owned();
     // wait until embedding has started, then cancel
-    let resp = srv.http.get(srv.url(&format!("/api/v1/knowledge/jobs/{id}/events"))).bearer_auth(&admin).send().await.unwrap();
+    let resp =
+        srv.http.get(srv.url(&format!("/api/v1/knowledge/jobs/{id}/events"))).bearer_auth(&admin).send().await.unwrap();
     let mut body = resp.bytes_stream();
     while let Some(c) = body.next().await {
         if String::from_utf8_lossy(&c.unwrap()).contains("\"status\":\"embedding\"") {
@@ -254,7 +284,9 @@ async fn cancelling_an_ingestion_leaves_nothing_and_deleting_a_base_removes_all(
     assert_eq!(b["chunks"], 0);
     assert!(search(&srv, &admin, "big", "topic", "keyword").await.is_empty());
 
-    let (s, job) = upload(&srv, &admin, "big", vec![("small.md".into(), b"# Title\n\nsmall document about zebras".to_vec())]).await;
+    let (s, job) =
+        upload(&srv, &admin, "big", vec![("small.md".into(), b"# Title\n\nsmall document about zebras".to_vec())])
+            .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(follow(&srv, &admin, job["id"].as_str().unwrap()).await.last().unwrap()["phase"], "done");
     assert_eq!(search(&srv, &admin, "big", "zebras", "hybrid").await.len(), 1);

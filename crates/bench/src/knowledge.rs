@@ -94,10 +94,14 @@ struct Zipf(Vec<f64>);
 impl Zipf {
     fn new(n: usize) -> Self {
         let mut acc = 0.0;
-        Zipf((0..n).map(|r| {
-            acc += 1.0 / (r as f64 + 1.0);
-            acc
-        }).collect())
+        Zipf(
+            (0..n)
+                .map(|r| {
+                    acc += 1.0 / (r as f64 + 1.0);
+                    acc
+                })
+                .collect(),
+        )
     }
     fn pick(&self, rng: &mut Rng) -> usize {
         let x = rng.unit() * self.0.last().copied().unwrap_or(1.0);
@@ -149,9 +153,16 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
     let zh: Vec<&str> = ZH.split_whitespace().collect();
     let (zen, zzh) = (Zipf::new(en.len()), Zipf::new(zh.len()));
     let mut rng = Rng(42);
-    let texts: Vec<(String, &str)> = (0..a.chunks)
-        .map(|_| if rng.unit() < 0.3 { (chinese(&mut rng, &zh, &zzh), "zh") } else { (english(&mut rng, &en, &zen), "en") })
-        .collect();
+    let texts: Vec<(String, &str)> =
+        (0..a.chunks)
+            .map(|_| {
+                if rng.unit() < 0.3 {
+                    (chinese(&mut rng, &zh, &zzh), "zh")
+                } else {
+                    (english(&mut rng, &en, &zen), "en")
+                }
+            })
+            .collect();
 
     let engine = EngineHandle::new();
     let spec = ModelSpec {
@@ -187,7 +198,9 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
     let mut all_vectors: Vec<f32> = Vec::with_capacity(a.chunks * 384);
     let mut tokens = 0usize;
     for (di, docs) in texts.chunks(per_doc).enumerate() {
-        let Begin::New(d) = k.begin_document("bench", &format!("doc{di}.txt"), &format!("{di:064x}"), 0, "bench", "bench")? else {
+        let Begin::New(d) =
+            k.begin_document("bench", &format!("doc{di}.txt"), &format!("{di:064x}"), 0, "bench", "bench")?
+        else {
             anyhow::bail!("duplicate");
         };
         doc_index.insert(d.id, di);
@@ -198,12 +211,17 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
             tokens += n;
             for (t, v) in batch.iter().zip(vectors) {
                 all_vectors.extend_from_slice(&v);
-                chunks.push(Embedded { draft: Draft { text: t.0.clone(), anchor: String::new(), tokens: 0 }, vector: v });
+                chunks
+                    .push(Embedded { draft: Draft { text: t.0.clone(), anchor: String::new(), tokens: 0 }, vector: v });
             }
         }
         k.commit_document("bench", d.id, "txt", chunks)?;
         if di % 10 == 9 {
-            eprintln!("  {} chunks, {:.0} chunks/s", (di + 1) * per_doc, ((di + 1) * per_doc) as f64 / t0.elapsed().as_secs_f64());
+            eprintln!(
+                "  {} chunks, {:.0} chunks/s",
+                (di + 1) * per_doc,
+                ((di + 1) * per_doc) as f64 / t0.elapsed().as_secs_f64()
+            );
         }
     }
     let ingest_s = t0.elapsed().as_secs_f64();
@@ -230,7 +248,7 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
     };
     // warm up
     for (q, _) in queries.iter().take(5) {
-        let (v, _) = model.embed(&[q.clone()]).await?;
+        let (v, _) = model.embed(std::slice::from_ref(q)).await?;
         let vectors = HashMap::from([("minilm".to_owned(), v[0].clone())]);
         k.search(&Query { bases: &bases, text: q, vectors: &vectors, mode: Mode::Hybrid, top_k: 10 })?;
     }
@@ -238,7 +256,7 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
     let mut qfile = std::io::BufWriter::new(std::fs::File::create(a.out.join("queries.jsonl"))?);
     for (q, lang) in &queries {
         let te = Instant::now();
-        let (v, _) = model.embed(&[q.clone()]).await?;
+        let (v, _) = model.embed(std::slice::from_ref(q)).await?;
         let embed_ms = te.elapsed().as_secs_f64() * 1000.0;
         lat.entry("embed").or_default().push(embed_ms);
         let vectors = HashMap::from([("minilm".to_owned(), v[0].clone())]);
@@ -249,11 +267,17 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             lat.entry(name).or_default().push(ms);
             if mode != Mode::Keyword {
-                lat.entry(if mode == Mode::Vector { "vector+embed" } else { "hybrid+embed" }).or_default().push(ms + embed_ms);
+                lat.entry(if mode == Mode::Vector { "vector+embed" } else { "hybrid+embed" })
+                    .or_default()
+                    .push(ms + embed_ms);
             }
             tops.insert(name, hits.iter().map(idx_of).collect::<Vec<_>>());
         }
-        writeln!(qfile, "{}", json!({"text": q, "lang": lang, "vector": v[0], "keyword": tops["keyword"], "vector_top": tops["vector"], "hybrid": tops["hybrid"]}))?;
+        writeln!(
+            qfile,
+            "{}",
+            json!({"text": q, "lang": lang, "vector": v[0], "keyword": tops["keyword"], "vector_top": tops["vector"], "hybrid": tops["hybrid"]})
+        )?;
     }
     qfile.flush()?;
     let mut tf = std::io::BufWriter::new(std::fs::File::create(a.out.join("texts.jsonl"))?);

@@ -55,7 +55,12 @@ impl Client {
 
     /// Follow a server-sent event stream of JSON progress until `last` says an event is final;
     /// returns that event (or `Null` when the stream ended early).
-    async fn follow(&self, path: &str, mut each: impl FnMut(&Value), last: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    async fn follow(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&Value),
+        last: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         use futures::StreamExt;
         let resp = self.send(Method::GET, path, None).await?;
         let mut body = resp.bytes_stream();
@@ -828,9 +833,18 @@ pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
             let cl = Client::new(&c)?;
             let v = cl.call(Method::GET, "/api/v1/knowledge", None).await?;
             cl.print(&v, |v| {
-                let mut rows = vec![["NAME", "OWNER", "DOCUMENTS", "CHUNKS", "EMBEDDINGS", "DESCRIPTION"].map(String::from).to_vec()];
+                let mut rows = vec![["NAME", "OWNER", "DOCUMENTS", "CHUNKS", "EMBEDDINGS", "DESCRIPTION"]
+                    .map(String::from)
+                    .to_vec()];
                 for b in v["data"].as_array().into_iter().flatten() {
-                    rows.push(vec![s(&b["name"]), s(&b["owner"]), s(&b["documents"]), s(&b["chunks"]), s(&b["embedding_model"]), s(&b["description"])]);
+                    rows.push(vec![
+                        s(&b["name"]),
+                        s(&b["owner"]),
+                        s(&b["documents"]),
+                        s(&b["chunks"]),
+                        s(&b["embedding_model"]),
+                        s(&b["description"]),
+                    ]);
                 }
                 table(&rows);
             });
@@ -854,7 +868,10 @@ pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
             if cl.json {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
-            bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks embedded")?.progress_chars("=> "));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks embedded")?
+                    .progress_chars("=> "),
+            );
             bar.set_message(format!("{} file(s)", files.len()));
             let last = cl
                 .follow(
@@ -869,7 +886,9 @@ pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
                 .await?;
             bar.finish_and_clear();
             if last.is_null() {
-                bail!("the progress stream of job {id} ended early; GET /api/v1/knowledge/jobs/{id} tells how it ended");
+                bail!(
+                    "the progress stream of job {id} ended early; GET /api/v1/knowledge/jobs/{id} tells how it ended"
+                );
             }
             cl.print(&last, |v| {
                 for f in v["files"].as_array().into_iter().flatten() {
@@ -879,7 +898,12 @@ pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
                     }
                 }
             });
-            let failed = last["files"].as_array().into_iter().flatten().filter(|f| matches!(f["status"].as_str(), Some("failed" | "cancelled"))).count();
+            let failed = last["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| matches!(f["status"].as_str(), Some("failed" | "cancelled")))
+                .count();
             if failed > 0 {
                 bail!("{failed} of {} file(s) were not added", files.len());
             }
@@ -888,9 +912,18 @@ pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
             let cl = Client::new(&c)?;
             let v = cl.call(Method::GET, &format!("/api/v1/knowledge/{name}/documents"), None).await?;
             cl.print(&v, |v| {
-                let mut rows = vec![["ID", "NAME", "FORMAT", "STATUS", "CHUNKS", "SIZE", "NOTE"].map(String::from).to_vec()];
+                let mut rows =
+                    vec![["ID", "NAME", "FORMAT", "STATUS", "CHUNKS", "SIZE", "NOTE"].map(String::from).to_vec()];
                 for d in v["data"].as_array().into_iter().flatten() {
-                    rows.push(vec![s(&d["id"]), s(&d["name"]), s(&d["format"]), s(&d["status"]), s(&d["chunks"]), human_size(d["bytes"].as_i64().unwrap_or(0)), s(&d["error"])]);
+                    rows.push(vec![
+                        s(&d["id"]),
+                        s(&d["name"]),
+                        s(&d["format"]),
+                        s(&d["status"]),
+                        s(&d["chunks"]),
+                        human_size(d["bytes"].as_i64().unwrap_or(0)),
+                        s(&d["error"]),
+                    ]);
                 }
                 table(&rows);
             });
@@ -902,7 +935,15 @@ pub(crate) async fn kb(cmd: KbCmd) -> anyhow::Result<()> {
             cl.print(&v, |v| {
                 for (i, h) in v["data"].as_array().into_iter().flatten().enumerate() {
                     let text: String = s(&h["text"]).chars().take(240).collect();
-                    println!("[{}] {:.4}  {}/{}  ({})\n    {}", i + 1, h["score"].as_f64().unwrap_or(0.0), s(&h["base"]), s(&h["document"]), s(&h["anchor"]), text.replace('\n', "\n    "));
+                    println!(
+                        "[{}] {:.4}  {}/{}  ({})\n    {}",
+                        i + 1,
+                        h["score"].as_f64().unwrap_or(0.0),
+                        s(&h["base"]),
+                        s(&h["document"]),
+                        s(&h["anchor"]),
+                        text.replace('\n', "\n    ")
+                    );
                 }
                 println!("({:.1} ms)", v["took_ms"].as_f64().unwrap_or(0.0));
             });

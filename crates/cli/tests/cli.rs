@@ -531,7 +531,8 @@ async fn knowledge_survives_kill_9_during_ingestion() {
     assert!(out.contains("guide.md: ready") && out.contains("contract.ofd: ready"), "{out}");
 
     let long: String = (0..4000).map(|i| format!("Paragraph {i} is about subject {} in detail.\n\n", i % 89)).collect();
-    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(long.into_bytes()).file_name("big.txt"));
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(long.into_bytes()).file_name("big.txt"));
     let job: Value = http
         .post(format!("{}/api/v1/knowledge/docs/documents", srv.url))
         .bearer_auth(&admin)
@@ -542,7 +543,12 @@ async fn knowledge_survives_kill_9_during_ingestion() {
         .json()
         .await
         .unwrap();
-    let resp = http.get(format!("{}/api/v1/knowledge/jobs/{}/events", srv.url, job["id"].as_str().unwrap())).bearer_auth(&admin).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/api/v1/knowledge/jobs/{}/events", srv.url, job["id"].as_str().unwrap()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     let mut body = resp.bytes_stream();
     let mut seen = String::new();
     while let Some(chunk) = body.next().await {

@@ -100,7 +100,13 @@ pub fn chunk(blocks: &[Block], size: usize, overlap: usize, count: &dyn Fn(&str)
         let mut text = String::new();
         for (i, p) in cur.iter().enumerate() {
             if i > 0 {
-                text.push_str(if p.para { "\n\n" } else if text.ends_with(char::is_whitespace) { "" } else { " " });
+                text.push_str(if p.para {
+                    "\n\n"
+                } else if text.ends_with(char::is_whitespace) {
+                    ""
+                } else {
+                    " "
+                });
             }
             text.push_str(p.text.trim_end_matches(['\n']));
         }

@@ -102,7 +102,11 @@ impl KbIndex {
             }
         }
         for (t, p) in self.postings.drain() {
-            let p: Vec<_> = p.into_iter().filter(|(s, _)| map[*s as usize] != u32::MAX).map(|(s, n)| (map[s as usize], n)).collect();
+            let p: Vec<_> = p
+                .into_iter()
+                .filter(|(s, _)| map[*s as usize] != u32::MAX)
+                .map(|(s, n)| (map[s as usize], n))
+                .collect();
             if !p.is_empty() {
                 next.postings.insert(t, p);
             }
@@ -130,7 +134,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Keep the `k` best by score (descending), ties by position.
 pub(crate) fn top(mut v: Vec<Ranked>, k: usize) -> Vec<Ranked> {
-    let cmp = |a: &Ranked, b: &Ranked| b.2.partial_cmp(&a.2).unwrap_or(Ordering::Equal).then((a.0, a.1).cmp(&(b.0, b.1)));
+    let cmp =
+        |a: &Ranked, b: &Ranked| b.2.partial_cmp(&a.2).unwrap_or(Ordering::Equal).then((a.0, a.1).cmp(&(b.0, b.1)));
     if v.len() > k && k > 0 {
         v.select_nth_unstable_by(k - 1, cmp);
         v.truncate(k);
@@ -233,9 +238,13 @@ pub(crate) fn keyword_search(idxs: &[&KbIndex], terms: &[String], k: usize) -> V
     top(all, k)
 }
 
+/// A fused result: base index, slot, fused score, rank in the vector and keyword lists.
+pub(crate) type Fused = (usize, u32, f32, [Option<usize>; 2]);
+
 /// Reciprocal-rank fusion (k = 60) of ranked lists.
-pub(crate) fn fuse(lists: &[&[Ranked]], k: usize) -> Vec<(usize, u32, f32, [Option<usize>; 2])> {
-    let mut m: HashMap<(usize, u32), (f32, [Option<usize>; 2])> = HashMap::new();
+pub(crate) fn fuse(lists: &[&[Ranked]], k: usize) -> Vec<Fused> {
+    type Ranks = [Option<usize>; 2];
+    let mut m: HashMap<(usize, u32), (f32, Ranks)> = HashMap::new();
     for (li, list) in lists.iter().enumerate() {
         for (rank, r) in list.iter().enumerate() {
             let e = m.entry((r.0, r.1)).or_default();
@@ -245,7 +254,7 @@ pub(crate) fn fuse(lists: &[&[Ranked]], k: usize) -> Vec<(usize, u32, f32, [Opti
             }
         }
     }
-    let mut v: Vec<_> = m.into_iter().map(|((w, s), (score, ranks))| (w, s, score, ranks)).collect();
+    let mut v: Vec<Fused> = m.into_iter().map(|((w, s), (score, ranks))| (w, s, score, ranks)).collect();
     v.sort_unstable_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(Ordering::Equal).then((a.0, a.1).cmp(&(b.0, b.1))));
     v.truncate(k);
     v
@@ -283,7 +292,12 @@ mod tests {
     fn removed_docs_vanish_and_compaction_keeps_results() {
         let mut idx = KbIndex::new(2);
         for i in 0..100u32 {
-            idx.add(u64::from(i % 4), i, &t(&["common", if i % 4 == 3 { "rare" } else { "other" }]), &[1.0, i as f32 / 100.0]);
+            idx.add(
+                u64::from(i % 4),
+                i,
+                &t(&["common", if i % 4 == 3 { "rare" } else { "other" }]),
+                &[1.0, i as f32 / 100.0],
+            );
         }
         idx.remove_doc(3, &["common".into(), "rare".into()]);
         assert!(keyword_search(&[&idx], &["rare".into()], 10).is_empty());

@@ -212,7 +212,7 @@ fn decode_chunk(bytes: &[u8]) -> Result<(ChunkRec, Vec<f32>)> {
     let n = u32::from_le_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
     let json = bytes.get(4..4 + n).ok_or_else(bad)?;
     let rest = &bytes[4 + n..];
-    if rest.len() % 4 != 0 {
+    if !rest.len().is_multiple_of(4) {
         return Err(bad());
     }
     let v = rest.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -470,11 +470,21 @@ impl Knowledge {
 
     /// Record an upload. Content already in the base (same SHA-256, ready or processing) is a
     /// duplicate; a failed earlier attempt is replaced.
-    pub fn begin_document(&self, base: &str, name: &str, sha256: &str, bytes: u64, uploaded_by: &str, job: &str) -> Result<Begin> {
+    pub fn begin_document(
+        &self,
+        base: &str,
+        name: &str,
+        sha256: &str,
+        bytes: u64,
+        uploaded_by: &str,
+        job: &str,
+    ) -> Result<Begin> {
         let _w = self.write.lock();
         let b = self.base(base)?;
         if let Some(id) = self.digests.get(digest_key(b.id, sha256))? {
-            let id = u64::from_be_bytes(id.as_ref().try_into().map_err(|_| KnowledgeError::Store("bad digest index".into()))?);
+            let id = u64::from_be_bytes(
+                id.as_ref().try_into().map_err(|_| KnowledgeError::Store("bad digest index".into()))?,
+            );
             if let Some(v) = self.docs.get(key2(b.id, id))? {
                 let d: Document = serde_json::from_slice(&v)?;
                 if d.status != DocStatus::Failed {
@@ -622,16 +632,21 @@ impl Knowledge {
     /// A base's documents, newest first.
     pub fn documents(&self, base: &str) -> Result<Vec<Document>> {
         let b = self.base(base)?;
-        let mut v: Vec<Document> =
-            self.docs.scan_prefix(b.id.to_be_bytes()).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect::<Result<_>>()?;
-        v.sort_by(|a, b| b.id.cmp(&a.id));
+        let mut v: Vec<Document> = self
+            .docs
+            .scan_prefix(b.id.to_be_bytes())
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect::<Result<_>>()?;
+        v.sort_by_key(|d| std::cmp::Reverse(d.id));
         Ok(v)
     }
 
     /// One document.
     pub fn document(&self, base: &str, doc: u64) -> Result<Document> {
         let b = self.base(base)?;
-        self.doc_rec(b.id, doc)?.ok_or_else(|| KnowledgeError::NotFound(format!("there is no document {doc} in '{base}'")))
+        self.doc_rec(b.id, doc)?
+            .ok_or_else(|| KnowledgeError::NotFound(format!("there is no document {doc} in '{base}'")))
     }
 
     /// Search `q.bases`. Hybrid fuses the top `max(50, 4·top_k)` of each list.
@@ -645,17 +660,15 @@ impl Knowledge {
             _ => q.top_k,
         };
         let vec_list = if q.mode != Mode::Keyword {
-            let qs: Vec<Option<&[f32]>> = bases.iter().map(|b| q.vectors.get(&b.embedding_model).map(Vec::as_slice)).collect();
+            let qs: Vec<Option<&[f32]>> =
+                bases.iter().map(|b| q.vectors.get(&b.embedding_model).map(Vec::as_slice)).collect();
             index::vector_search(&idxs, &qs, depth)
         } else {
             Vec::new()
         };
-        let kw_list = if q.mode != Mode::Vector {
-            index::keyword_search(&idxs, &text::terms(q.text), depth)
-        } else {
-            Vec::new()
-        };
-        let picked: Vec<(usize, u32, f32, [Option<usize>; 2])> = match q.mode {
+        let kw_list =
+            if q.mode != Mode::Vector { index::keyword_search(&idxs, &text::terms(q.text), depth) } else { Vec::new() };
+        let picked: Vec<index::Fused> = match q.mode {
             Mode::Hybrid => index::fuse(&[&vec_list, &kw_list], q.top_k),
             Mode::Vector => vec_list.iter().enumerate().map(|(r, x)| (x.0, x.1, x.2, [Some(r + 1), None])).collect(),
             Mode::Keyword => kw_list.iter().enumerate().map(|(r, x)| (x.0, x.1, x.2, [None, Some(r + 1)])).collect(),

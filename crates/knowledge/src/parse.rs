@@ -232,7 +232,9 @@ fn html(text: &str) -> Vec<Block> {
                 if matches!(tag, "script" | "style" | "noscript" | "template" | "head" | "svg" | "iframe") {
                     continue;
                 }
-                if let Some(level) = tag.strip_prefix('h').and_then(|l| l.parse::<usize>().ok()).filter(|l| (1..=6).contains(l)) {
+                if let Some(level) =
+                    tag.strip_prefix('h').and_then(|l| l.parse::<usize>().ok()).filter(|l| (1..=6).contains(l))
+                {
                     flush(&mut out, &mut para, anchor(&stack));
                     let title = scraper::ElementRef::wrap(node)
                         .map(|el| el.text().collect::<Vec<_>>().join(" "))
@@ -252,9 +254,31 @@ fn html(text: &str) -> Vec<Block> {
                 }
                 let block = matches!(
                     tag,
-                    "p" | "div" | "li" | "ul" | "ol" | "table" | "tr" | "td" | "th" | "pre" | "blockquote" | "section"
-                        | "article" | "main" | "header" | "footer" | "nav" | "aside" | "dd" | "dt" | "dl"
-                        | "figcaption" | "caption" | "body" | "form" | "hr"
+                    "p" | "div"
+                        | "li"
+                        | "ul"
+                        | "ol"
+                        | "table"
+                        | "tr"
+                        | "td"
+                        | "th"
+                        | "pre"
+                        | "blockquote"
+                        | "section"
+                        | "article"
+                        | "main"
+                        | "header"
+                        | "footer"
+                        | "nav"
+                        | "aside"
+                        | "dd"
+                        | "dt"
+                        | "dl"
+                        | "figcaption"
+                        | "caption"
+                        | "body"
+                        | "form"
+                        | "hr"
                 );
                 if block {
                     flush(&mut out, &mut para, anchor(&stack));
@@ -357,9 +381,10 @@ fn docx(bytes: &[u8]) -> Result<Vec<Block>, ParseError> {
                 }
                 b"pStyle" => {
                     let s = attr(&e, b"val").unwrap_or_default();
-                    level = heading_styles.get(&s).copied().or_else(|| {
-                        s.to_lowercase().strip_prefix("heading").and_then(|l| l.parse().ok())
-                    });
+                    level = heading_styles
+                        .get(&s)
+                        .copied()
+                        .or_else(|| s.to_lowercase().strip_prefix("heading").and_then(|l| l.parse().ok()));
                 }
                 b"outlineLvl" => {
                     level = level.or(attr(&e, b"val").and_then(|v| v.parse::<usize>().ok()).map(|l| l + 1));
@@ -522,7 +547,11 @@ mod tests {
 
     #[test]
     fn markdown_headings_make_anchors() {
-        let p = parse("a.md", "intro\n\n# Install\n\ntext one\n\n## Linux\n\n```\n# not a heading\n```\n\n# Use\n\nrun".as_bytes()).unwrap();
+        let p = parse(
+            "a.md",
+            "intro\n\n# Install\n\ntext one\n\n## Linux\n\n```\n# not a heading\n```\n\n# Use\n\nrun".as_bytes(),
+        )
+        .unwrap();
         let got: Vec<_> = p.blocks.iter().map(|b| (b.anchor.as_str(), b.text.as_str(), b.heading)).collect();
         assert_eq!(
             got,
@@ -561,7 +590,17 @@ mod tests {
         )
         .unwrap();
         let got: Vec<_> = p.blocks.iter().map(|b| (b.anchor.as_str(), b.text.as_str())).collect();
-        assert_eq!(got, [("T", "before"), ("Alpha", "Alpha"), ("Alpha", "one bold two"), ("Alpha › Beta", "Beta"), ("Alpha › Beta", "x"), ("Alpha › Beta", "y")]);
+        assert_eq!(
+            got,
+            [
+                ("T", "before"),
+                ("Alpha", "Alpha"),
+                ("Alpha", "one bold two"),
+                ("Alpha › Beta", "Beta"),
+                ("Alpha › Beta", "x"),
+                ("Alpha › Beta", "y")
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::*;
 use crate::chunk::Draft;
 
 fn embed(text: &str) -> Vec<f32> {
-    let mut v = vec![0f32; 16];
+    let mut v = [0f32; 16];
     for t in text::terms(text) {
         let h = t.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
         v[(h % 16) as usize] += 1.0;
@@ -78,7 +78,9 @@ fn same_content_is_a_duplicate_and_failed_uploads_can_be_retried() {
     let k = Knowledge::open(dir.path()).unwrap();
     base(&k, "kb");
     let d = add(&k, "kb", "a.txt", &["alpha beta"]);
-    assert!(matches!(k.begin_document("kb", "copy.txt", &d.sha256, 10, "bob", "j2").unwrap(), Begin::Duplicate(x) if x.id == d.id));
+    assert!(
+        matches!(k.begin_document("kb", "copy.txt", &d.sha256, 10, "bob", "j2").unwrap(), Begin::Duplicate(x) if x.id == d.id)
+    );
     let Begin::New(f) = k.begin_document("kb", "bad.pdf", "ff", 1, "bob", "j3").unwrap() else { panic!() };
     k.fail_document("kb", f.id, "no text layer").unwrap();
     assert_eq!(k.document("kb", f.id).unwrap().error.as_deref(), Some("no text layer"));
@@ -111,7 +113,21 @@ fn interrupted_ingestion_is_failed_at_open_and_leaves_no_chunks() {
         add(&k, "kb", "ok.txt", &["kept text"]);
         let Begin::New(d) = k.begin_document("kb", "half.txt", "aa", 1, "alice", "j").unwrap() else { panic!() };
         // a crash after some chunks were written but before the document became ready
-        k.chunks.insert(chunk_key(b.id, d.id, 0), encode_chunk(&ChunkRec { text: "half".into(), anchor: String::new(), tokens: 1, terms: vec![("half".into(), 1)] }, &embed("half")).unwrap()).unwrap();
+        k.chunks
+            .insert(
+                chunk_key(b.id, d.id, 0),
+                encode_chunk(
+                    &ChunkRec {
+                        text: "half".into(),
+                        anchor: String::new(),
+                        tokens: 1,
+                        terms: vec![("half".into(), 1)],
+                    },
+                    &embed("half"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
         k.flush().unwrap();
         (b.id, d.id)
     };
@@ -130,7 +146,19 @@ fn bases_are_separate_and_deleting_one_removes_everything() {
     let k = Knowledge::open(dir.path()).unwrap();
     base(&k, "one");
     base(&k, "two");
-    assert!(matches!(k.create_base(NewBase { name: "one".into(), description: String::new(), owner: "x".into(), embedding_model: "e".into(), dim: 16, chunk_tokens: 64, chunk_overlap: 8, visibility: Visibility::default() }), Err(KnowledgeError::Conflict(_))));
+    assert!(matches!(
+        k.create_base(NewBase {
+            name: "one".into(),
+            description: String::new(),
+            owner: "x".into(),
+            embedding_model: "e".into(),
+            dim: 16,
+            chunk_tokens: 64,
+            chunk_overlap: 8,
+            visibility: Visibility::default()
+        }),
+        Err(KnowledgeError::Conflict(_))
+    ));
     add(&k, "one", "a.txt", &["apples in one"]);
     add(&k, "two", "b.txt", &["apples in two"]);
     assert_eq!(search(&k, &["two"], "apples", Mode::Hybrid).len(), 1);
@@ -139,5 +167,17 @@ fn bases_are_separate_and_deleting_one_removes_everything() {
     assert!(matches!(k.base("one"), Err(KnowledgeError::NotFound(_))));
     assert_eq!(k.chunks.len(), 1);
     assert_eq!(k.docs.len(), 1);
-    assert!(matches!(k.create_base(NewBase { name: "../x".into(), description: String::new(), owner: "x".into(), embedding_model: "e".into(), dim: 16, chunk_tokens: 64, chunk_overlap: 8, visibility: Visibility::default() }), Err(KnowledgeError::Invalid(_))));
+    assert!(matches!(
+        k.create_base(NewBase {
+            name: "../x".into(),
+            description: String::new(),
+            owner: "x".into(),
+            embedding_model: "e".into(),
+            dim: 16,
+            chunk_tokens: 64,
+            chunk_overlap: 8,
+            visibility: Visibility::default()
+        }),
+        Err(KnowledgeError::Invalid(_))
+    ));
 }

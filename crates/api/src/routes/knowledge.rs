@@ -15,7 +15,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
 use maasbox_engine::LoadedModel;
-use maasbox_knowledge::{chunk, parse, Begin, Document, Embedded, Hit, Knowledge, KnowledgeBase, KnowledgeError, Mode, NewBase, Query};
+use maasbox_knowledge::{
+    chunk, parse, Begin, Document, Embedded, Hit, Knowledge, KnowledgeBase, KnowledgeError, Mode, NewBase, Query,
+};
 use maasbox_types::{now_secs, ErrorCode, Permission, Role, Visibility};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -175,12 +177,15 @@ async fn list_bases(State(st): State<AppState>, p: Principal) -> ApiResult<Json<
 /// The embedding model `name` must be registered, visible to the caller and an embedding
 /// model; it is loaded to learn its vector size.
 async fn embedding_model(st: &AppState, p: &Principal, name: &str) -> ApiResult<Arc<LoadedModel>> {
-    let (n, t) = maasbox_store::models::parse_ref(name).map_err(|e| ApiError::field("embedding_model", e.to_string()))?;
+    let (n, t) =
+        maasbox_store::models::parse_ref(name).map_err(|e| ApiError::field("embedding_model", e.to_string()))?;
     let p2 = p.clone();
     let (n2, t2) = (n.clone(), t.clone());
     let visible = st
         .store()
-        .read(move |c| Ok(maasbox_store::models::get(c, &n2, &t2).is_ok_and(|r| crate::routes::gateway::sees(&p2, &r.visibility))))
+        .read(move |c| {
+            Ok(maasbox_store::models::get(c, &n2, &t2).is_ok_and(|r| crate::routes::gateway::sees(&p2, &r.visibility)))
+        })
         .await?;
     if !visible {
         return Err(ApiError::field(
@@ -307,7 +312,11 @@ pub struct DocumentList {
 
 #[utoipa::path(get, path = "/api/v1/knowledge/{kb}/documents", tag = "knowledge", security(("bearer" = [])), params(("kb" = String, Path)),
     responses((status = 200, body = DocumentList), (status = 404, body = crate::error::ErrorBody)))]
-async fn list_documents(State(st): State<AppState>, p: Principal, Path(kb): Path<String>) -> ApiResult<Json<DocumentList>> {
+async fn list_documents(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(kb): Path<String>,
+) -> ApiResult<Json<DocumentList>> {
     p.authorize(&st, Permission::Inference, "knowledge.documents").await?;
     base_for(&st, &p, &kb)?;
     let k = st.knowledge().clone();
@@ -316,7 +325,11 @@ async fn list_documents(State(st): State<AppState>, p: Principal, Path(kb): Path
 
 #[utoipa::path(get, path = "/api/v1/knowledge/{kb}/documents/{doc}", tag = "knowledge", security(("bearer" = [])), params(("kb" = String, Path), ("doc" = u64, Path)),
     responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
-async fn get_document(State(st): State<AppState>, p: Principal, Path((kb, doc)): Path<(String, u64)>) -> ApiResult<Json<Document>> {
+async fn get_document(
+    State(st): State<AppState>,
+    p: Principal,
+    Path((kb, doc)): Path<(String, u64)>,
+) -> ApiResult<Json<Document>> {
     p.authorize(&st, Permission::Inference, "knowledge.documents").await?;
     base_for(&st, &p, &kb)?;
     let k = st.knowledge().clone();
@@ -325,7 +338,11 @@ async fn get_document(State(st): State<AppState>, p: Principal, Path((kb, doc)):
 
 #[utoipa::path(delete, path = "/api/v1/knowledge/{kb}/documents/{doc}", tag = "knowledge", security(("bearer" = [])), params(("kb" = String, Path), ("doc" = u64, Path)),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
-async fn delete_document(State(st): State<AppState>, p: Principal, Path((kb, doc)): Path<(String, u64)>) -> ApiResult<StatusCode> {
+async fn delete_document(
+    State(st): State<AppState>,
+    p: Principal,
+    Path((kb, doc)): Path<(String, u64)>,
+) -> ApiResult<StatusCode> {
     p.authorize(&st, Permission::Inference, "knowledge.document.delete").await?;
     base_to_change(&st, &p, &kb)?;
     let k = st.knowledge().clone();
@@ -415,7 +432,12 @@ struct Upload {
 /// `POST /api/v1/knowledge/{kb}/documents` (multipart/form-data; every part with a file name
 /// is a document). Answers 202 with the job; identical content already in the base is
 /// reported as `duplicate` and not processed again.
-async fn upload(State(st): State<AppState>, p: Principal, Path(kb): Path<String>, mut mp: Multipart) -> ApiResult<Response> {
+async fn upload(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(kb): Path<String>,
+    mut mp: Multipart,
+) -> ApiResult<Response> {
     p.authorize(&st, Permission::Inference, "knowledge.upload").await?;
     let base = base_to_change(&st, &p, &kb)?;
     let mut files = Vec::new();
@@ -466,10 +488,20 @@ async fn upload(State(st): State<AppState>, p: Principal, Path(kb): Path<String>
             }
             Begin::Duplicate(d) => (d.id, "duplicate"),
         };
-        audit_files.push(json!({"document": doc, "name": f.name, "sha256": sha, "bytes": size, "duplicate": status == "duplicate"}));
-        progress.files.push(FileProgress { document: doc, name: f.name.clone(), status: status.into(), chunks: 0, embedded: 0, error: None });
+        audit_files.push(
+            json!({"document": doc, "name": f.name, "sha256": sha, "bytes": size, "duplicate": status == "duplicate"}),
+        );
+        progress.files.push(FileProgress {
+            document: doc,
+            name: f.name.clone(),
+            status: status.into(),
+            chunks: 0,
+            embedded: 0,
+            error: None,
+        });
     }
-    audit_only(&st, p.event("knowledge.upload", format!("knowledge:{kb}"), json!({"job": id, "files": audit_files}))).await?;
+    audit_only(&st, p.event("knowledge.upload", format!("knowledge:{kb}"), json!({"job": id, "files": audit_files})))
+        .await?;
     let job = Arc::new(IngestJob {
         owner: p.user_id,
         base: base.name.clone(),
@@ -536,7 +568,11 @@ async fn ingest(st: AppState, p: Principal, job: Arc<IngestJob>, base: Knowledge
     }
     let phase = if cancelled() { "cancelled" } else { "done" };
     if !outcomes.is_empty() {
-        let ev = p.event("knowledge.ingest", format!("knowledge:{}", base.name), json!({"job": job.progress.borrow().id, "documents": outcomes}));
+        let ev = p.event(
+            "knowledge.ingest",
+            format!("knowledge:{}", base.name),
+            json!({"job": job.progress.borrow().id, "documents": outcomes}),
+        );
         if let Err(e) = audit_only(&st, ev).await {
             tracing::warn!(error = %e.message, "could not audit an ingestion");
         }
@@ -571,9 +607,11 @@ async fn ingest_one(
     let (size, overlap) = (base.chunk_tokens.min(limit), base.chunk_overlap);
     let m = model.clone();
     let format = parsed.format;
-    let drafts = tokio::task::spawn_blocking(move || chunk::chunk(&parsed.blocks, size, overlap, &|s: &str| m.tokenize(s).len()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let drafts = tokio::task::spawn_blocking(move || {
+        chunk::chunk(&parsed.blocks, size, overlap, &|s: &str| m.tokenize(s).len())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     if drafts.is_empty() {
         return Err("the document has no text".into());
     }
@@ -626,7 +664,11 @@ async fn get_job(State(st): State<AppState>, p: Principal, Path(id): Path<String
 
 #[utoipa::path(delete, path = "/api/v1/knowledge/jobs/{id}", tag = "knowledge", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 200, body = IngestProgress), (status = 404, body = crate::error::ErrorBody)))]
-async fn cancel_job(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> ApiResult<Json<IngestProgress>> {
+async fn cancel_job(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<IngestProgress>> {
     p.authorize(&st, Permission::Inference, "knowledge.job.cancel").await?;
     let job = job_for(&st, &p, &id)?;
     let _ = job.cancel.send(true);
@@ -718,7 +760,9 @@ pub(crate) async fn search_bases(
         let models: HashSet<&str> = bases.iter().map(|b| b.embedding_model.as_str()).collect();
         for name in models {
             let m = embedding_model(st, p, name).await?;
-            let (mut v, _) = m.embed(&[query.to_owned()]).await.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("embedding the query: {e}")).param("query"))?;
+            let (mut v, _) = m.embed(&[query.to_owned()]).await.map_err(|e| {
+                ApiError::new(ErrorCode::InvalidRequest, format!("embedding the query: {e}")).param("query")
+            })?;
             vectors.insert(name.to_owned(), v.pop().unwrap_or_default());
         }
     }
@@ -764,11 +808,7 @@ pub(crate) fn bases_for(st: &AppState, p: &Principal, names: &[String], param: &
         return Err(ApiError::field(param, "name 1 to 16 knowledge bases"));
     }
     let mut seen = HashSet::new();
-    names
-        .iter()
-        .filter(|n| seen.insert(n.as_str()))
-        .map(|n| base_for(st, p, n).map_err(|e| e.param(param)))
-        .collect()
+    names.iter().filter(|n| seen.insert(n.as_str())).map(|n| base_for(st, p, n).map_err(|e| e.param(param))).collect()
 }
 
 /// An app's bases: each must exist and be readable by the app's author.
@@ -781,7 +821,11 @@ pub(crate) fn bases_for_app(st: &AppState, p: &Principal, names: &[String]) -> A
 
 #[utoipa::path(post, path = "/api/v1/knowledge/search", tag = "knowledge", security(("bearer" = [])), request_body = SearchMany,
     responses((status = 200, body = SearchResults), (status = 404, body = crate::error::ErrorBody)))]
-async fn search_many(State(st): State<AppState>, p: Principal, ApiJson(req): ApiJson<SearchMany>) -> ApiResult<Json<SearchResults>> {
+async fn search_many(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<SearchMany>,
+) -> ApiResult<Json<SearchResults>> {
     p.authorize(&st, Permission::Inference, "knowledge.search").await?;
     let t = Instant::now();
     let top_k = check_query(&req.query, req.top_k)?;

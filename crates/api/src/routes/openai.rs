@@ -576,7 +576,8 @@ async fn retrieve(
     if bases.is_empty() {
         return Ok(Some(Retrieved { hits: Vec::new(), bases: names }));
     }
-    let hits = crate::routes::knowledge::search_bases(st, p, bases, &query, top_k, maasbox_knowledge::Mode::Hybrid).await?;
+    let hits =
+        crate::routes::knowledge::search_bases(st, p, bases, &query, top_k, maasbox_knowledge::Mode::Hybrid).await?;
     Ok(Some(Retrieved { hits, bases: names }))
 }
 
