@@ -1,0 +1,80 @@
+import { render } from "preact";
+import { useEffect, useState } from "preact/hooks";
+import { signal } from "@preact/signals";
+import { api, clearTokens, refresh } from "./api";
+import { t } from "./i18n";
+import { currentUser, setLang, signalLang } from "./state";
+import { Setup } from "./pages/Setup";
+import { Login } from "./pages/Login";
+import { Chat } from "./pages/Chat";
+import { Knowledge } from "./pages/Knowledge";
+import "./style.css";
+
+const path = signal(location.pathname);
+export function go(p: string) {
+  if (p !== location.pathname) history.pushState(null, "", p);
+  path.value = p;
+}
+addEventListener("popstate", () => (path.value = location.pathname));
+
+function Nav() {
+  const link = (href: string, label: string) => (
+    <a
+      href={href}
+      class={path.value.startsWith(href) ? "active" : ""}
+      onClick={(e) => {
+        e.preventDefault();
+        go(href);
+      }}
+    >
+      {label}
+    </a>
+  );
+  return (
+    <nav>
+      <strong class="brand">{t("app.title")}</strong>
+      {link("/chat", t("nav.chat"))}
+      {link("/knowledge", t("nav.knowledge"))}
+      <span class="spacer" />
+      <button class="link" onClick={() => setLang(signalLang.value === "en" ? "zh-CN" : "en")}>
+        {t("lang.switch")}
+      </button>
+      <span class="who">{currentUser.value?.username}</span>
+      <button
+        class="link"
+        onClick={async () => {
+          await api("/api/v1/auth/logout", "POST").catch(() => {});
+          clearTokens();
+          go("/login");
+        }}
+      >
+        {t("nav.logout")}
+      </button>
+    </nav>
+  );
+}
+
+function App() {
+  const [ready, setReady] = useState(false);
+  const [setupRequired, setSetupRequired] = useState(false);
+  useEffect(() => {
+    document.documentElement.lang = signalLang.value;
+    (async () => {
+      const s = await fetch("/api/v1/auth/setup").then((r) => r.json()).catch(() => ({ setup_required: false }));
+      setSetupRequired(!!s.setup_required);
+      if (!s.setup_required) await refresh();
+      setReady(true);
+    })();
+  }, []);
+  if (!ready) return <p class="center">{t("common.loading")}</p>;
+  if (setupRequired && !currentUser.value) return <Setup onDone={() => (setSetupRequired(false), go("/chat"))} />;
+  if (!currentUser.value) return <Login onDone={() => go(path.value === "/login" || path.value === "/" ? "/chat" : path.value)} />;
+  return (
+    <div class="shell">
+      <Nav />
+      <main>{path.value.startsWith("/knowledge") ? <Knowledge /> : <Chat />}</main>
+    </div>
+  );
+}
+
+render(<App />, document.getElementById("app")!);
