@@ -42,6 +42,7 @@ pub mod upstream;
 
 pub use auth::Principal;
 pub use config::Config;
+mod ui;
 pub use error::{ApiError, ApiResult};
 pub use logging::init_logging;
 pub use state::{AppState, Startup};
@@ -152,12 +153,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(timed)
         .merge(routes::openai::router())
-        .fallback(|| async {
-            error::ApiError::new(
-                maasbox_types::ErrorCode::UnknownRoute,
-                "no such endpoint; see /openapi.json for the API",
-            )
-        })
+        .fallback(ui::fallback)
         .layer(RequestBodyLimitLayer::new(cfg.body_limit_bytes))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit_bytes));
     // Document uploads get their own, larger limit.

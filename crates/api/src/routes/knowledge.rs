@@ -525,8 +525,12 @@ async fn upload(
 const EMBED_BATCH: usize = 32;
 
 async fn ingest(st: AppState, p: Principal, job: Arc<IngestJob>, base: KnowledgeBase, files: Vec<Upload>) {
-    let _turn = st.0.ingests.run.lock().await;
-    let cancel = job.cancel.subscribe();
+    let mut cancel = job.cancel.subscribe();
+    // Wait for the jobs before this one, unless cancelled while waiting.
+    let _turn = tokio::select! {
+        turn = st.0.ingests.run.lock() => Some(turn),
+        _ = cancel.wait_for(|c| *c) => None,
+    };
     let cancelled = || *cancel.borrow();
     job.progress.send_modify(|pr| pr.phase = "running".into());
     let model = if files.iter().any(|f| f.doc.is_some()) && !cancelled() {
