@@ -2,7 +2,9 @@
 # Install the Debian packages maasbox needs to build and test, only those missing.
 # Safe to run repeatedly; needs root or sudo when something is missing.
 set -euo pipefail
-PKGS=(build-essential pkg-config curl ca-certificates cmake clang libclang-dev python3 python3-venv python3-pip)
+# chromium and a CJK font: the end-to-end browser tests of the web UI (ui/e2e).
+PKGS=(build-essential pkg-config curl ca-certificates cmake clang libclang-dev python3 python3-venv python3-pip
+  chromium fonts-wqy-microhei)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,4 +17,6 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== the official openai Python client against the real binary"
 bash scripts/openai-test.sh
+echo "== the web UI in a real browser (headless chromium) against the real binary"
+node ui/e2e/run.mjs
 echo "== all checks passed in $(( $(date +%s) - start ))s"

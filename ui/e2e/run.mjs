@@ -1,0 +1,157 @@
+// End-to-end in a real browser: Debian's chromium (headless, driven by playwright-core) against
+// the real maasbox binary with a temp data directory and the real SmolLM2 and MiniLM models.
+// Screenshots of each page go to ui/e2e/out/.
+//   node e2e/run.mjs [path to maasbox binary]      (default: target/debug/maasbox)
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+const bin = resolve(process.argv[2] ?? join(target, "debug/maasbox"));
+const models = process.env.MAASBOX_MODELS_DIR ?? join(root, "models/cache");
+const out = join(here, "out");
+mkdirSync(out, { recursive: true });
+const data = mkdtempSync(join(tmpdir(), "maasbox-e2e-"));
+
+function fail(msg) {
+  throw new Error(msg);
+}
+
+const env = { ...process.env, MAASBOX_LOG_FILE: "false", MAASBOX_ENGINE_THREADS: "2" };
+const server = spawn(bin, ["serve", "--data-dir", data, "--port", "0"], { env, stdio: ["ignore", "pipe", "inherit"] });
+const url = await new Promise((ok, no) => {
+  let buf = "";
+  server.stdout.on("data", (d) => {
+    buf += d;
+    const m = buf.match(/listening on (\S+)/);
+    if (m) ok(m[1]);
+  });
+  server.on("exit", (c) => no(new Error(`maasbox exited with ${c}`)));
+});
+const cli = (...args) => execFileSync(bin, [...args, "--data-dir", data], { env: { ...env, MAASBOX_URL: url }, encoding: "utf8" });
+let browser;
+let passed = 0;
+const step = async (name, f) => {
+  await f();
+  passed++;
+  console.log(`ok   ${name}`);
+};
+try {
+  cli("model", "import", join(models, "SmolLM2-135M-Instruct.Q4_1.gguf"), "--name", "smollm2:135m");
+  cli("model", "import", join(models, "all-MiniLM-L6-v2.F32.gguf"), "--name", "all-minilm-l6-v2");
+  const code = readFileSync(join(data, "setup.token"), "utf8").trim();
+
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "en-US" });
+  const page = await context.newPage();
+  page.setDefaultTimeout(60_000);
+
+  await step("setup creates the first admin with the setup code", async () => {
+    await page.goto(url);
+    await page.getByRole("heading", { name: "Set up maasbox" }).waitFor();
+    await page.screenshot({ path: join(out, "01-setup.png") });
+    await page.getByLabel("Setup code").fill("WRONG-CODE");
+    await page.getByLabel("Password").fill("E2e-Passw0rd!x");
+    await page.getByRole("button", { name: "Create administrator" }).click();
+    await page.getByRole("alert").filter({ hasText: "The setup code is not right." }).waitFor();
+    await page.getByLabel("Setup code").fill(code);
+    await page.getByRole("button", { name: "Create administrator" }).click();
+    await page.getByRole("link", { name: "Chat" }).waitFor();
+  });
+
+  await step("log out and log in again", async () => {
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.getByRole("heading", { name: "Sign in" }).waitFor();
+    await page.getByLabel("Username").fill("admin");
+    await page.getByLabel("Password").fill("not-the-password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Wrong username or password." }).waitFor();
+    await page.screenshot({ path: join(out, "02-login.png") });
+    await page.getByLabel("Password").fill("E2e-Passw0rd!x");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("link", { name: "Chat" }).waitFor();
+  });
+
+  await step("a chat message streams its answer", async () => {
+    await page.getByPlaceholder(/Send a message/).fill("What is the capital of France?");
+    await page.keyboard.press("Enter");
+    const answer = page.locator(".msg.assistant .md").last();
+    await page.waitForFunction(() => (document.querySelector(".msg.assistant .md")?.textContent ?? "").length > 0);
+    // the Stop button is visible while tokens arrive, then Send is back
+    await page.getByRole("button", { name: "Send" }).waitFor();
+    const text = await answer.textContent();
+    if (!text || text.length < 2) fail(`no answer text: ${text}`);
+    await page.screenshot({ path: join(out, "03-chat.png") });
+  });
+
+  await step("stop ends a long generation", async () => {
+    await page.getByPlaceholder(/Send a message/).fill("Write a very long story about a lighthouse keeper, with many chapters.");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => (document.querySelectorAll(".msg.assistant .md")[1]?.textContent ?? "").length > 20);
+    await page.getByRole("button", { name: "Stop" }).click();
+    await page.getByRole("button", { name: "Send" }).waitFor({ timeout: 5_000 });
+    const len1 = (await page.locator(".msg.assistant .md").nth(1).textContent()).length;
+    await page.waitForTimeout(1500);
+    const len2 = (await page.locator(".msg.assistant .md").nth(1).textContent()).length;
+    if (len2 !== len1) fail(`text kept growing after Stop: ${len1} → ${len2}`);
+  });
+
+  await step("a knowledge base: create, upload with progress, search, cite in chat", async () => {
+    await page.getByRole("link", { name: "Knowledge" }).click();
+    await page.getByPlaceholder("Name").fill("handbook");
+    await page.getByRole("button", { name: "Create" }).click();
+    await page.getByRole("heading", { name: "handbook" }).waitFor();
+    await page.locator("input[type=file]").setInputFiles([join(root, "assets/samples/guide.md"), join(root, "assets/samples/contract.ofd")]);
+    await page.getByText(/2 parsed, .* — done/).waitFor();
+    await page.getByRole("cell", { name: "contract.ofd" }).waitFor();
+    await page.getByPlaceholder("Ask or type keywords").fill("违约金");
+    await page.getByRole("button", { name: "Search" }).click();
+    await page.locator(".hits li").first().filter({ hasText: "contract.ofd" }).waitFor();
+    await page.screenshot({ path: join(out, "04-knowledge.png") });
+    await page.getByRole("link", { name: "Chat" }).click();
+    await page.getByRole("button", { name: "New chat" }).click();
+    await page.getByRole("checkbox", { name: "handbook" }).check();
+    await page.getByPlaceholder(/Send a message/).fill("What holds the data directory lock?");
+    await page.keyboard.press("Enter");
+    await page.getByRole("button", { name: "Send" }).waitFor();
+    await page.getByText(/^Sources \(\d\)$/).click();
+    await page.locator(".citations li").filter({ hasText: "guide.md" }).first().waitFor();
+    await page.screenshot({ path: join(out, "05-chat-citations.png") });
+  });
+
+  await step("switching to zh-CN shows Chinese labels and is remembered", async () => {
+    await page.getByRole("button", { name: "中文" }).click();
+    await page.getByRole("link", { name: "对话" }).waitFor();
+    await page.getByRole("link", { name: "知识库" }).click();
+    await page.getByRole("heading", { name: "知识库" }).waitFor();
+    await page.reload();
+    await page.getByRole("link", { name: "对话" }).waitFor();
+    await page.screenshot({ path: join(out, "06-zh-CN.png") });
+  });
+
+  await step("a narrow window still works", async () => {
+    await page.setViewportSize({ width: 390, height: 800 });
+    await page.getByRole("link", { name: "对话" }).click();
+    await page.getByPlaceholder(/输入消息/).waitFor();
+    await page.screenshot({ path: join(out, "07-narrow.png") });
+  });
+  console.log(`${passed} passed`);
+} catch (e) {
+  console.error(`FAIL after ${passed} steps:`, e);
+  const pages = browser ? browser.contexts().flatMap((c) => c.pages()) : [];
+  if (pages[0]) await pages[0].screenshot({ path: join(out, "failure.png") }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser?.close();
+  server.kill("SIGTERM");
+  await new Promise((r) => server.on("exit", r));
+  rmSync(data, { recursive: true, force: true });
+}
