@@ -127,6 +127,36 @@ try {
     await page.screenshot({ path: join(out, "05-chat-citations.png") });
   });
 
+  await step("create a user and an API key; the secret is shown once", async () => {
+    await page.getByRole("link", { name: "Users & keys" }).click();
+    await page.getByLabel("Username").fill("alice");
+    await page.getByLabel("Role", { exact: true }).selectOption("developer");
+    await page.getByRole("button", { name: "Create user" }).click();
+    await page.getByText("Initial password of alice").waitFor();
+    await page.getByRole("cell", { name: "alice", exact: true }).waitFor();
+    await page.getByLabel("Key name").fill("notebook");
+    await page.getByRole("button", { name: "Create key" }).click();
+    const secret = await page.locator(".secret code").last().textContent();
+    if (!/^mbx_/.test(secret ?? "")) fail(`no key secret shown: ${secret}`);
+    await page.getByRole("cell", { name: "notebook" }).waitFor();
+    await page.screenshot({ path: join(out, "06-users-keys.png") });
+    // the key works against the API
+    const r = await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${secret}` } });
+    if (r.status !== 200) fail(`new key refused: ${r.status}`);
+  });
+
+  await step("the audit page shows those actions with the chain verified", async () => {
+    await page.getByRole("link", { name: "Audit" }).click();
+    await page.getByText(/^Chain verified: \d+ events/).waitFor();
+    await page.getByRole("cell", { name: "user.create" }).first().waitFor();
+    await page.getByRole("cell", { name: "key.create" }).first().waitFor();
+    await page.getByRole("cell", { name: "knowledge.upload" }).first().waitFor();
+    await page.getByLabel("Action (prefix, e.g. user.)").fill("key.");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.waitForFunction(() => [...document.querySelectorAll("table.audit tbody tr td:nth-child(4)")].every((td) => td.textContent?.startsWith("key.")));
+    await page.screenshot({ path: join(out, "07-audit.png") });
+  });
+
   await step("switching to zh-CN shows Chinese labels and is remembered", async () => {
     await page.getByRole("button", { name: "中文" }).click();
     await page.getByRole("link", { name: "对话" }).waitFor();
@@ -134,14 +164,14 @@ try {
     await page.getByRole("heading", { name: "知识库" }).waitFor();
     await page.reload();
     await page.getByRole("link", { name: "对话" }).waitFor();
-    await page.screenshot({ path: join(out, "06-zh-CN.png") });
+    await page.screenshot({ path: join(out, "08-zh-CN.png") });
   });
 
   await step("a narrow window still works", async () => {
     await page.setViewportSize({ width: 390, height: 800 });
     await page.getByRole("link", { name: "对话" }).click();
     await page.getByPlaceholder(/输入消息/).waitFor();
-    await page.screenshot({ path: join(out, "07-narrow.png") });
+    await page.screenshot({ path: join(out, "09-narrow.png") });
   });
   console.log(`${passed} passed`);
 } catch (e) {

@@ -8,6 +8,8 @@ import { Setup } from "./pages/Setup";
 import { Login } from "./pages/Login";
 import { Chat } from "./pages/Chat";
 import { Knowledge } from "./pages/Knowledge";
+import { Users } from "./pages/Users";
+import { Audit } from "./pages/Audit";
 import "./style.css";
 
 const path = signal(location.pathname);
@@ -35,6 +37,8 @@ function Nav() {
       <strong class="brand">{t("app.title")}</strong>
       {link("/chat", t("nav.chat"))}
       {link("/knowledge", t("nav.knowledge"))}
+      {link("/users", t("nav.users"))}
+      {["admin", "auditor"].includes(currentUser.value?.role ?? "") && link("/audit", t("nav.audit"))}
       <span class="spacer" />
       <button class="link" onClick={() => setLang(signalLang.value === "en" ? "zh-CN" : "en")}>
         {t("lang.switch")}
@@ -72,7 +76,17 @@ function App() {
   return (
     <div class="shell">
       <Nav />
-      <main>{path.value.startsWith("/knowledge") ? <Knowledge /> : <Chat />}</main>
+      <main>
+        {path.value.startsWith("/knowledge") ? (
+          <Knowledge />
+        ) : path.value.startsWith("/users") ? (
+          <Users />
+        ) : path.value.startsWith("/audit") ? (
+          <Audit />
+        ) : (
+          <Chat />
+        )}
+      </main>
     </div>
   );
 }
