@@ -20,6 +20,8 @@ VENV=bench/cache/kb-venv
 for n in $SIZES; do
   dir=$OUT/kb$n
   mkdir -p "$dir"
-  "$BENCH" knowledge --model models/cache/all-MiniLM-L6-v2.F32.gguf --chunks "$n" --threads "$THREADS" --out "$dir" > /dev/null
+  # BENCH_REUSE=1 re-measures search on the vectors of an earlier run (skips the long embedding)
+  "$BENCH" knowledge --model models/cache/all-MiniLM-L6-v2.F32.gguf --chunks "$n" --threads "$THREADS" --out "$dir" \
+    ${BENCH_REUSE:+--reuse-vectors} > /dev/null
   "$VENV/bin/python" bench/knowledge_peers.py "$dir" "$THREADS" | tee "$dir/table.md"
 done

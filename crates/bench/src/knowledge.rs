@@ -32,6 +32,10 @@ pub struct KnowledgeArgs {
     /// Where the data for the peer script and `ours.json` go.
     #[arg(long)]
     out: PathBuf,
+    /// Take the vectors from an earlier run's `vectors.f32` in `--out` (same corpus size)
+    /// instead of embedding again: re-measures search without the long ingest.
+    #[arg(long)]
+    reuse_vectors: bool,
 }
 
 /// splitmix64: a small deterministic generator (the corpus is the same on every run).
@@ -190,6 +194,16 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
         visibility: Default::default(),
     })?;
 
+    let dim = model.info().n_embd as usize;
+    let reused: Option<Vec<Vec<f32>>> = if a.reuse_vectors {
+        let bytes = std::fs::read(a.out.join("vectors.f32"))
+            .context("--reuse-vectors needs vectors.f32 from an earlier run")?;
+        let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        anyhow::ensure!(floats.len() == a.chunks * dim, "vectors.f32 holds another corpus size");
+        Some(floats.chunks(dim).map(<[f32]>::to_vec).collect())
+    } else {
+        None
+    };
     // Ingest: documents of 1000 chunks, embedded 32 at a time, committed per document.
     eprintln!("ingesting {} chunks ({} threads)…", a.chunks, a.threads);
     let per_doc = 1000;
@@ -205,9 +219,17 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
         };
         doc_index.insert(d.id, di);
         let mut chunks = Vec::with_capacity(docs.len());
-        for batch in docs.chunks(32) {
-            let inputs: Vec<String> = batch.iter().map(|t| t.0.clone()).collect();
-            let (vectors, n) = model.embed(&inputs).await?;
+        for (bi, batch) in docs.chunks(32).enumerate() {
+            let (vectors, n) = match &reused {
+                Some(all) => {
+                    let first = di * per_doc + bi * 32;
+                    (all[first..first + batch.len()].to_vec(), 0)
+                }
+                None => {
+                    let inputs: Vec<String> = batch.iter().map(|t| t.0.clone()).collect();
+                    model.embed(&inputs).await?
+                }
+            };
             tokens += n;
             for (t, v) in batch.iter().zip(vectors) {
                 all_vectors.extend_from_slice(&v);
@@ -292,7 +314,16 @@ pub async fn run(a: KnowledgeArgs) -> Result<()> {
     for (name, mut v) in lat {
         figures.insert(name.to_owned(), json!({"p50": pct(&mut v, 50.0), "p95": pct(&mut v, 95.0)}));
     }
-    let ours = json!({"chunks": a.chunks, "threads": a.threads, "ingest_chunks_per_s": ingest_rate, "ingest_s": ingest_s, "tokens": tokens, "latency_ms": figures});
+    let mut ours = json!({"chunks": a.chunks, "threads": a.threads, "ingest_chunks_per_s": ingest_rate, "ingest_s": ingest_s, "tokens": tokens, "latency_ms": figures});
+    if a.reuse_vectors {
+        // Keep the ingest figures of the run that embedded.
+        if let Ok(old) = std::fs::read_to_string(a.out.join("ours.json")) {
+            let old: serde_json::Value = serde_json::from_str(&old)?;
+            for k in ["ingest_chunks_per_s", "ingest_s", "tokens"] {
+                ours[k] = old[k].clone();
+            }
+        }
+    }
     std::fs::write(a.out.join("ours.json"), serde_json::to_string_pretty(&ours)?).context("writing ours.json")?;
     println!("{}", serde_json::to_string_pretty(&ours)?);
     Ok(())
