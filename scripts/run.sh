@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-system.sh
 python3 models/fetch.py
-(cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+(cd ui && scripts/install.sh && npm run build)
 cargo build --release -p maasbox
 BIN=${CARGO_TARGET_DIR:-target}/release/maasbox
 MODELS=${MAASBOX_MODELS_DIR:-models/cache}

