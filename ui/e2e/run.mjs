@@ -136,8 +136,9 @@ try {
     await page.getByRole("cell", { name: "alice", exact: true }).waitFor();
     await page.getByLabel("Key name").fill("notebook");
     await page.getByRole("button", { name: "Create key" }).click();
-    const secret = await page.locator(".secret code").last().textContent();
-    if (!/^mbx_/.test(secret ?? "")) fail(`no key secret shown: ${secret}`);
+    const shown = page.locator(".secret code").filter({ hasText: /^mbx_/ });
+    await shown.waitFor();
+    const secret = await shown.textContent();
     await page.getByRole("cell", { name: "notebook" }).waitFor();
     await page.screenshot({ path: join(out, "06-users-keys.png") });
     // the key works against the API
