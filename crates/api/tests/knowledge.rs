@@ -147,6 +147,7 @@ async fn ingest_every_format_search_and_answer_with_citations() {
         (json!({"query": ""}), "query"),
         (json!({"query": "x", "top_k": 0}), "top_k"),
         (json!({"query": "x", "mode": "fuzzy"}), "mode"),
+        (json!({"query": "x", "bases": ["docs"]}), "bases"),
     ] {
         let (s, v) = srv.post("/api/v1/knowledge/docs/search", &admin, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");

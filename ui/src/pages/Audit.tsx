@@ -1,6 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, api, raw } from "../api";
-import { errorText, t } from "../i18n";
+import { api, raw } from "../api";
+import { t } from "../i18n";
+import { useError } from "../hooks";
 import { signalLang } from "../state";
 
 export function Audit() {
@@ -10,11 +11,10 @@ export function Audit() {
   const [next, setNext] = useState<number | null>(null);
   const [filter, setFilter] = useState({ actor: "", action: "", outcome: "" });
   const [chain, setChain] = useState<any>(null);
-  const [error, setError] = useState("");
-  const fail = (e: unknown) => setError(errorText(signalLang.value, (e as ApiError).code, (e as ApiError).message));
+  const [error, fail, clear] = useError();
 
   const load = async (before: number | null) => {
-    setError("");
+    clear();
     const q = new URLSearchParams({ limit: "50" });
     for (const [k, v] of Object.entries(filter)) if (v.trim()) q.set(k, v.trim());
     if (before !== null) q.set("before_seq", String(before));

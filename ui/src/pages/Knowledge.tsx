@@ -1,7 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, accessToken, api, events, raw, refresh } from "../api";
-import { errorText, t } from "../i18n";
-import { signalLang } from "../state";
+import { t } from "../i18n";
+import { useError } from "../hooks";
 
 interface Base {
   name: string;
@@ -12,17 +12,6 @@ interface Base {
   embedding_model: string;
 }
 
-function useError(): [string, (e: unknown) => void, () => void] {
-  const [error, setError] = useState("");
-  return [
-    error,
-    (e) => {
-      const a = e as ApiError;
-      setError(errorText(signalLang.value, a.code, a.message));
-    },
-    () => setError(""),
-  ];
-}
 
 export function Knowledge() {
   const [bases, setBases] = useState<Base[]>([]);

@@ -1,14 +1,10 @@
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, api } from "../api";
-import { errorText, t } from "../i18n";
+import { api } from "../api";
+import { t } from "../i18n";
+import { useError } from "../hooks";
 import { currentUser, signalLang } from "../state";
 
 const ROLES = ["admin", "developer", "user", "auditor"];
-
-function useError(): [string, (e: unknown) => void, () => void] {
-  const [error, setError] = useState("");
-  return [error, (e) => setError(errorText(signalLang.value, (e as ApiError).code, (e as ApiError).message)), () => setError("")];
-}
 
 /** Shown once: a secret with a copy button. */
 function Secret({ label, value }: { label: string; value: string }) {

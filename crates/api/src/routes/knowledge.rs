@@ -631,7 +631,12 @@ async fn ingest_one(
             return Err("cancelled".into());
         }
         let texts: Vec<String> = batch.iter().map(|d| d.text.clone()).collect();
-        let (vectors, _) = model.embed(&texts).await.map_err(|e| format!("embedding failed: {e}"))?;
+        // A cancel does not wait for the batch in flight (its result is dropped).
+        let mut stop = cancel.clone();
+        let (vectors, _) = tokio::select! {
+            r = model.embed(&texts) => r.map_err(|e| format!("embedding failed: {e}"))?,
+            _ = stop.wait_for(|c| *c) => return Err("cancelled".into()),
+        };
         let done = batch.len();
         chunks.extend(batch.iter().cloned().zip(vectors).map(|(draft, vector)| Embedded { draft, vector }));
         set(&|pr| {
@@ -708,27 +713,14 @@ async fn job_events(State(st): State<AppState>, p: Principal, Path(id): Path<Str
 // ---------------------------------------------------------------------------------------------
 // Search
 
-/// `POST /api/v1/knowledge/{kb}/search`
+/// `POST /api/v1/knowledge/{kb}/search` (without `bases`) and `POST /api/v1/knowledge/search`
+/// (with `bases`).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SearchOne {
-    /// The question or keywords.
-    pub query: String,
-    /// Results (1–50, default 5).
+pub struct SearchRequest {
+    /// Base names (1–16); only on `/api/v1/knowledge/search`.
     #[serde(default)]
-    pub top_k: Option<usize>,
-    /// `hybrid` (default), `vector` or `keyword`.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub mode: Option<Mode>,
-}
-
-/// `POST /api/v1/knowledge/search`: several bases at once.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SearchMany {
-    /// Base names (1–16).
-    pub bases: Vec<String>,
+    pub bases: Option<Vec<String>>,
     /// The question or keywords.
     pub query: String,
     /// Results (1–50, default 5).
@@ -790,16 +782,22 @@ fn check_query(query: &str, top_k: Option<usize>) -> ApiResult<usize> {
     Ok(k)
 }
 
-#[utoipa::path(post, path = "/api/v1/knowledge/{kb}/search", tag = "knowledge", security(("bearer" = [])), params(("kb" = String, Path)), request_body = SearchOne,
+#[utoipa::path(post, path = "/api/v1/knowledge/{kb}/search", tag = "knowledge", security(("bearer" = [])), params(("kb" = String, Path)), request_body = SearchRequest,
     responses((status = 200, body = SearchResults), (status = 404, body = crate::error::ErrorBody)))]
 async fn search_one(
     State(st): State<AppState>,
     p: Principal,
     Path(kb): Path<String>,
-    ApiJson(req): ApiJson<SearchOne>,
+    ApiJson(req): ApiJson<SearchRequest>,
 ) -> ApiResult<Json<SearchResults>> {
     p.authorize(&st, Permission::Inference, "knowledge.search").await?;
     let t = Instant::now();
+    if req.bases.is_some() {
+        return Err(ApiError::field(
+            "bases",
+            "bases belongs to POST /api/v1/knowledge/search; this route searches {kb}",
+        ));
+    }
     let top_k = check_query(&req.query, req.top_k)?;
     let b = base_for(&st, &p, &kb)?;
     let data = search_bases(&st, &p, vec![b], &req.query, top_k, req.mode.unwrap_or_default()).await?;
@@ -823,17 +821,17 @@ pub(crate) fn bases_for_app(st: &AppState, p: &Principal, names: &[String]) -> A
     Ok(())
 }
 
-#[utoipa::path(post, path = "/api/v1/knowledge/search", tag = "knowledge", security(("bearer" = [])), request_body = SearchMany,
+#[utoipa::path(post, path = "/api/v1/knowledge/search", tag = "knowledge", security(("bearer" = [])), request_body = SearchRequest,
     responses((status = 200, body = SearchResults), (status = 404, body = crate::error::ErrorBody)))]
 async fn search_many(
     State(st): State<AppState>,
     p: Principal,
-    ApiJson(req): ApiJson<SearchMany>,
+    ApiJson(req): ApiJson<SearchRequest>,
 ) -> ApiResult<Json<SearchResults>> {
     p.authorize(&st, Permission::Inference, "knowledge.search").await?;
     let t = Instant::now();
     let top_k = check_query(&req.query, req.top_k)?;
-    let bases = bases_for(&st, &p, &req.bases, "bases")?;
+    let bases = bases_for(&st, &p, req.bases.as_deref().unwrap_or_default(), "bases")?;
     let data = search_bases(&st, &p, bases, &req.query, top_k, req.mode.unwrap_or_default()).await?;
     Ok(Json(SearchResults { data, took_ms: t.elapsed().as_secs_f64() * 1000.0 }))
 }
