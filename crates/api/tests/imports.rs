@@ -133,7 +133,8 @@ async fn a_dropped_connection_resumes_with_range_and_the_model_registers() {
     assert_eq!(last["attempts"], 2);
     assert_eq!(last["total"].as_u64(), Some(data.len() as u64));
     let resumed = last["resumed_from"].as_u64().unwrap();
-    assert!(resumed > 0 && resumed <= data.len() as u64 / 2, "{resumed}");
+    // The server cuts at the first 64 KiB chunk starting past half the file.
+    assert!(resumed > 0 && resumed < data.len() as u64 / 2 + 64 * 1024, "{resumed}");
     assert_eq!(last["record"]["sha256"], sha);
     let phases: Vec<&str> = events.iter().map(|e| e["phase"].as_str().unwrap()).collect();
     assert!(phases.contains(&"verifying"), "{phases:?}");
