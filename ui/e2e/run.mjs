@@ -158,6 +158,19 @@ try {
     await page.screenshot({ path: join(out, "07-audit.png") });
   });
 
+  await step("models: GGUF details, unload and load", async () => {
+    await page.getByRole("link", { name: "Models" }).click();
+    const row = page.getByRole("row").filter({ hasText: "smollm2:135m" });
+    await row.getByRole("cell", { name: "llama", exact: true }).waitFor();
+    await row.getByRole("cell", { name: "Q4_1" }).waitFor();
+    await row.getByRole("cell", { name: "loaded" }).waitFor(); // the chat loaded it
+    await row.getByRole("button", { name: "Unload" }).click();
+    await row.getByRole("button", { name: "Load" }).waitFor();
+    await row.getByRole("button", { name: "Load" }).click();
+    await row.getByRole("cell", { name: "loaded" }).waitFor();
+    await page.screenshot({ path: join(out, "08-models.png") });
+  });
+
   await step("switching to zh-CN shows Chinese labels and is remembered", async () => {
     await page.getByRole("button", { name: "中文" }).click();
     await page.getByRole("link", { name: "对话" }).waitFor();
@@ -165,14 +178,14 @@ try {
     await page.getByRole("heading", { name: "知识库" }).waitFor();
     await page.reload();
     await page.getByRole("link", { name: "对话" }).waitFor();
-    await page.screenshot({ path: join(out, "08-zh-CN.png") });
+    await page.screenshot({ path: join(out, "09-zh-CN.png") });
   });
 
   await step("a narrow window still works", async () => {
     await page.setViewportSize({ width: 390, height: 800 });
     await page.getByRole("link", { name: "对话" }).click();
     await page.getByPlaceholder(/输入消息/).waitFor();
-    await page.screenshot({ path: join(out, "09-narrow.png") });
+    await page.screenshot({ path: join(out, "10-narrow.png") });
   });
   console.log(`${passed} passed`);
 } catch (e) {

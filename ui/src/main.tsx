@@ -10,6 +10,7 @@ import { Chat } from "./pages/Chat";
 import { Knowledge } from "./pages/Knowledge";
 import { Users } from "./pages/Users";
 import { Audit } from "./pages/Audit";
+import { Models } from "./pages/Models";
 import "./style.css";
 
 const path = signal(location.pathname);
@@ -36,6 +37,7 @@ function Nav() {
     <nav>
       <strong class="brand">{t("app.title")}</strong>
       {link("/chat", t("nav.chat"))}
+      {link("/models", t("nav.models"))}
       {link("/knowledge", t("nav.knowledge"))}
       {link("/users", t("nav.users"))}
       {["admin", "auditor"].includes(currentUser.value?.role ?? "") && link("/audit", t("nav.audit"))}
@@ -83,6 +85,8 @@ function App() {
           <Users />
         ) : path.value.startsWith("/audit") ? (
           <Audit />
+        ) : path.value.startsWith("/models") ? (
+          <Models />
         ) : (
           <Chat />
         )}
