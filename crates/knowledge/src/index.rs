@@ -29,6 +29,8 @@ pub(crate) struct KbIndex {
     postings: HashMap<Box<str>, Vec<(u32, u32)>>,
     pub live: usize,
     total_len: u64,
+    /// Live chunks per document (its length is the document count, kept for every read).
+    pub docs: HashMap<u64, usize>,
 }
 
 /// A ranked candidate: index in the list of searched bases, slot, score.
@@ -54,11 +56,15 @@ impl KbIndex {
         self.vectors.extend_from_slice(vector);
         self.slots.push(Slot { doc, ord, len, live: true });
         self.live += 1;
+        *self.docs.entry(doc).or_default() += 1;
         self.total_len += u64::from(len);
     }
 
     /// Remove every chunk of `doc`; `terms` are the terms its chunks used.
     pub fn remove_doc(&mut self, doc: u64, terms: &[String]) {
+        if self.docs.remove(&doc).is_none() {
+            return;
+        }
         let mut dead = Vec::new();
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.doc == doc && s.live {
@@ -98,6 +104,7 @@ impl KbIndex {
                 next.vectors.extend_from_slice(self.vector(i));
                 next.slots.push(*s);
                 next.live += 1;
+                *next.docs.entry(s.doc).or_default() += 1;
                 next.total_len += u64::from(s.len);
             }
         }
@@ -311,6 +318,7 @@ mod tests {
         assert!(idx.sparse());
         idx.compact();
         assert_eq!(idx.slots.len(), 25);
+        assert_eq!(idx.docs.len(), 1, "one document left, counted without a scan");
         let after = keyword_search(&[&idx], &["common".into()], 100);
         assert_eq!(after.len(), 25);
         assert!(after.iter().all(|r| idx.slots[r.1 as usize].doc == 0));

@@ -240,7 +240,7 @@ fn digest_key(kb: u64, sha256: &str) -> Vec<u8> {
 }
 
 fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    maasbox_types::now_secs()
 }
 
 /// Validation of a base's name: it is a URL segment.
@@ -385,8 +385,7 @@ impl Knowledge {
         let idx = self.indexes.read();
         if let Some(i) = idx.get(&b.id) {
             b.chunks = i.live;
-            let docs: HashSet<u64> = i.slots.iter().filter(|s| s.live).map(|s| s.doc).collect();
-            b.documents = docs.len();
+            b.documents = i.docs.len();
         }
         b
     }

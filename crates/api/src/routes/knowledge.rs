@@ -72,24 +72,24 @@ fn missing(name: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("there is no knowledge base named '{name}'"))
 }
 
-/// Whether `p` may search `b`: the owner token, admins, the owner, and whoever its visibility
-/// names. Keys scoped to an app reach knowledge only through that app.
+/// Whether `b`'s grants let `p` read it: the owner token, admins, the owner, and whoever its
+/// visibility names.
+fn granted(p: &Principal, b: &KnowledgeBase) -> bool {
+    p.user_id.is_none()
+        || p.role == Role::Admin
+        || b.owner.eq_ignore_ascii_case(&p.username)
+        || b.visibility.allows(p.role, &p.username)
+}
+
+/// Whether `p` may search `b` directly. Keys scoped to an app reach knowledge only through it.
 pub(crate) fn readable(p: &Principal, b: &KnowledgeBase) -> bool {
-    p.key_app.is_none()
-        && (p.user_id.is_none()
-            || p.role == Role::Admin
-            || b.owner.eq_ignore_ascii_case(&p.username)
-            || b.visibility.allows(p.role, &p.username))
+    p.key_app.is_none() && granted(p, b)
 }
 
 /// Whether `p`, calling app `app`, may have passages of `b`: the same grants as a direct read;
 /// a key scoped to this app counts as its holder.
 pub(crate) fn readable_through_app(p: &Principal, b: &KnowledgeBase, app: &str) -> bool {
-    p.key_app.as_deref().is_none_or(|k| k == app)
-        && (p.user_id.is_none()
-            || p.role == Role::Admin
-            || b.owner.eq_ignore_ascii_case(&p.username)
-            || b.visibility.allows(p.role, &p.username))
+    p.key_app.as_deref().is_none_or(|k| k == app) && granted(p, b)
 }
 
 /// Whether `p` may change `b` (documents, settings, deletion).
