@@ -489,20 +489,23 @@ struct Retrieved {
 }
 
 impl Retrieved {
-    /// The system text that carries the passages that fit (`fits` says whether a text still
-    /// fits the context budget), and the passages used, numbered from 1.
-    fn context(&self, fits: impl Fn(&str) -> bool) -> (String, Vec<&maasbox_knowledge::Hit>) {
+    /// The system text that carries the passages that fit in `budget` (as `count` measures
+    /// text: tokens of the chat model, or characters for an upstream), and the passages used,
+    /// numbered from 1. Each piece is measured once.
+    fn context(&self, budget: usize, count: impl Fn(&str) -> usize) -> (String, Vec<&maasbox_knowledge::Hit>) {
         let head = "Answer using the numbered passages below when they are relevant and cite them as [n]. \
                     If they do not contain the answer, say so.\n\n";
         let mut text = head.to_owned();
+        let mut size = count(head);
         let mut used = Vec::new();
         for h in &self.hits {
             let passage = format!("[{}] {} ({})\n{}\n\n", used.len() + 1, h.document, h.anchor, h.text);
-            let next = format!("{text}{passage}");
-            if !fits(&next) {
+            let n = count(&passage);
+            if size + n > budget {
                 break;
             }
-            text = next;
+            size += n;
+            text.push_str(&passage);
             used.push(h);
         }
         if used.is_empty() {
@@ -615,7 +618,7 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJs
     let (mut target, permit) = gateway::enter(&st, &p, Endpoint::Chat, &mut body).await?;
     let retrieved = retrieve(&st, &p, &target, asked, &body).await?;
     if let Some(r) = retrieved.as_ref().filter(|_| !matches!(target.routes.first(), Some(Route::Local))) {
-        let (context, used) = r.context(|t| t.chars().count() <= UPSTREAM_CONTEXT_CHARS);
+        let (context, used) = r.context(UPSTREAM_CONTEXT_CHARS, |t| t.chars().count());
         target.knowledge = Some(r.audit(&used));
         if !context.is_empty() {
             insert_context_json(&mut body, context);
@@ -668,7 +671,7 @@ async fn chat(State(st): State<AppState>, p: Principal, ApiJson(mut body): ApiJs
         let answer = max.unwrap_or(st.config().engine.default_max_tokens).min(n_ctx / 4);
         let room = n_ctx.saturating_sub(base_len + answer + 16);
         let m2 = model.clone();
-        let (context, used) = r.context(|t| m2.tokenize(t).len() <= room);
+        let (context, used) = r.context(room, |t| m2.tokenize(t).len());
         target.knowledge = Some(r.audit(&used));
         citations = Some(Retrieved::citations(&used));
         if !context.is_empty() {
