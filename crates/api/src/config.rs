@@ -36,6 +36,19 @@ pub struct Config {
     pub upstreams: UpstreamConfig,
     /// The knowledge index.
     pub knowledge: KnowledgeConfig,
+    /// How long usage detail and chat history are kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: days kept (0 = forever). Pruned once an hour. The audit chain is never pruned
+/// (export it); daily usage totals are kept for the dashboard and quotas.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Per-request usage rows.
+    pub usage_days: u32,
+    /// Conversations not changed for this long (all users).
+    pub conversations_days: u32,
 }
 
 /// `[knowledge]`
@@ -82,7 +95,7 @@ impl Default for UpstreamConfig {
 
 /// `[quotas]`: what a user without limits of their own gets (0 = no limit). API keys add their
 /// own limits on top; the stricter applies.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaConfig {
     /// Requests started per rolling minute.

@@ -37,6 +37,7 @@ pub mod error;
 mod logging;
 pub mod quota;
 mod routes;
+pub mod settings;
 pub mod state;
 pub mod upstream;
 
@@ -61,6 +62,8 @@ pub use state::{AppState, Startup};
         (name = "usage", description = "Metered use and quotas"),
         (name = "upstreams", description = "OpenAI-compatible providers that model names route to"),
         (name = "knowledge", description = "Knowledge bases, document ingestion and hybrid search"),
+        (name = "conversations", description = "Each user's chat history"),
+        (name = "settings", description = "LAN sharing, CORS origins, default quotas and retention, changed at run time"),
     )
 )]
 struct ApiDoc;
@@ -92,6 +95,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::knowledge::router())
         .merge(routes::upstreams::router())
         .merge(routes::usage::router())
+        .merge(routes::conversations::router())
+        .merge(routes::settings::router())
         .split_for_parts()
 }
 
@@ -161,12 +166,10 @@ pub fn router(state: AppState) -> Router {
     let uploads = routes::knowledge::upload_router()
         .layer(RequestBodyLimitLayer::new(upload_limit))
         .layer(axum::extract::DefaultBodyLimit::max(upload_limit));
-    let app = app.merge(uploads).layer(middleware::from_fn(error::normalize_errors));
+    // Model uploads stream to disk: no body limit, no timeout (a GGUF is gigabytes).
+    let app = app.merge(uploads).merge(routes::models::upload_router()).layer(middleware::from_fn(error::normalize_errors));
 
-    let app = match cors_layer(&cfg.cors_origins) {
-        Some(cors) => app.layer(cors),
-        None => app,
-    };
+    let app = app.layer(cors_layer(state.clone()));
 
     app.layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn(record_metrics))
@@ -200,26 +203,24 @@ impl MakeRequestId for SequentialRequestId {
     }
 }
 
-fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(list))
-            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-request-id")])
-            .expose_headers([HeaderName::from_static("x-request-id")])
-            .max_age(Duration::from_secs(600)),
-    )
+/// CORS from the live settings: an origin is allowed only when listed (none by default; the
+/// UI is same-origin and needs none). A change on the settings page applies to the next request.
+fn cors_layer(state: AppState) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            state.settings().cors_origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-request-id")])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600))
 }
 
 /// DNS-rebinding guard: a loopback server only answers to loopback host names (plus configured
 /// ones); a LAN server answers to any.
 async fn check_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let cfg = &st.config().server;
-    if cfg.effective_bind().is_loopback() {
+    if st.loopback_only() {
         let host = req
             .headers()
             .get(header::HOST)
@@ -373,11 +374,24 @@ pub async fn serve(
             }
         })
     };
+    let pruner = {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                match st.prune().await {
+                    Ok((0, 0)) => {}
+                    Ok((usage, conversations)) => tracing::info!(usage, conversations, "pruned by retention"),
+                    Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
+                }
+            }
+        })
+    };
     let app = router(state.clone());
     tracing::info!(%addr, "maasbox listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve_listeners(listener, &state, app, shutdown).await?;
+    pruner.abort();
     flusher.abort();
     reaper.abort();
     health.abort();
@@ -387,6 +401,85 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("maasbox stopped; audit writer drained");
     Ok(())
+}
+
+/// One accept loop per listener; a LAN change starts a new listener and retires the old one
+/// (it stops accepting at once; its open connections finish their requests).
+async fn serve_listeners(
+    listener: tokio::net::TcpListener,
+    state: &AppState,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    type Running = (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>);
+    let start = |listener: tokio::net::TcpListener| -> std::io::Result<Running> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let svc = app.clone().into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, svc)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok((addr, stop, task))
+    };
+    let (tx, mut commands) = tokio::sync::mpsc::channel::<settings::NetCommand>(4);
+    *state.0.net.commands.lock() = Some(tx);
+    let mut current = start(listener)?;
+    *state.0.net.listening.lock() = Some(current.0);
+    let mut retired = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(cmd) = commands.recv() => {
+                let old = current.0;
+                let addr = SocketAddr::new(settings::listen_ip(state.config(), cmd.lan), old.port());
+                if addr == old {
+                    let _ = cmd.reply.send(Ok(addr));
+                    continue;
+                }
+                let (_, stop, task) = current;
+                let _ = stop.send(());
+                retired.push(task);
+                let (next, result) = match bind_soon(addr).await {
+                    Ok(l) => (l, Ok(addr)),
+                    Err(e) => {
+                        let msg = format!("cannot listen on {addr}: {e}");
+                        (bind_soon(old).await?, Err(msg))
+                    }
+                };
+                current = start(next)?;
+                *state.0.net.listening.lock() = Some(current.0);
+                tracing::info!(addr = %current.0, "maasbox listening");
+                let _ = cmd.reply.send(result);
+            }
+        }
+    }
+    state.0.net.commands.lock().take();
+    let _ = current.1.send(());
+    retired.push(current.2);
+    for task in retired {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Bind `addr`, retrying for up to two seconds while the retired listener on the same port is
+/// still being dropped by its accept loop.
+async fn bind_soon(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -13,7 +13,7 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. Keep the returned guard alive for the life of the process:
 /// dropping it flushes the file writer. `RUST_LOG`, when set, overrides `log.level`.
-pub fn init_logging(cfg: &LogConfig, data_dir: &Path) -> anyhow::Result<Option<WorkerGuard>> {
+pub fn init_logging(cfg: &LogConfig, logs_dir: &Path) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = || EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&cfg.level));
     let filter_stderr = filter().map_err(|e| anyhow::anyhow!("invalid configuration key `log.level`: {e}"))?;
     let stderr = match cfg.format {
@@ -21,7 +21,7 @@ pub fn init_logging(cfg: &LogConfig, data_dir: &Path) -> anyhow::Result<Option<W
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).with_filter(filter_stderr).boxed(),
     };
     let (file, guard) = if cfg.file {
-        let dir = data_dir.join("logs");
+        let dir = logs_dir.to_owned();
         std::fs::create_dir_all(&dir)?;
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)

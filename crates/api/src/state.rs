@@ -11,7 +11,6 @@ use anyhow::Context;
 use maasbox_crypto::{Keyring, MasterKey, Sm2KeyPair};
 use maasbox_engine::EngineHandle;
 use maasbox_store::{Store, StoreOptions, WriteOutcome};
-use maasbox_types::{AuthMethod, NewAuditEvent};
 use parking_lot::Mutex;
 
 use crate::auth::{AuthCache, LoginLimiter};
@@ -50,6 +49,12 @@ pub(crate) struct Inner {
     pub knowledge: Arc<maasbox_knowledge::Knowledge>,
     /// Document ingestion jobs (finished ones for an hour).
     pub ingests: crate::routes::knowledge::Ingests,
+    /// Settings in force (configuration + stored changes), replaced whole on a change.
+    pub settings: parking_lot::RwLock<Arc<crate::settings::Settings>>,
+    /// Serialises settings changes (a LAN re-bind must not race another).
+    pub settings_lock: tokio::sync::Mutex<()>,
+    /// The serving loop's listeners.
+    pub net: crate::settings::Net,
     pub started: Instant,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
@@ -161,6 +166,8 @@ impl AppState {
         let knowledge = Arc::new(
             maasbox_knowledge::Knowledge::open(&data_dir.join("knowledge")).context("opening the knowledge index")?,
         );
+        let settings =
+            crate::settings::Settings::load(&config, store.read_blocking(maasbox_store::settings::all)?);
         let state = AppState(Arc::new(Inner {
             data_dir: data_dir.clone(),
             store,
@@ -181,6 +188,9 @@ impl AppState {
             upstreams,
             knowledge,
             ingests: Default::default(),
+            settings: parking_lot::RwLock::new(Arc::new(settings)),
+            settings_lock: tokio::sync::Mutex::new(()),
+            net: Default::default(),
             started: Instant::now(),
             config,
             _lock: lock,
@@ -220,17 +230,7 @@ impl AppState {
 
     /// Append a system event (start, stop) to the audit chain.
     pub async fn audit_system(&self, action: &str, details: serde_json::Value) -> anyhow::Result<()> {
-        let ev = NewAuditEvent {
-            actor: "system".into(),
-            auth_method: AuthMethod::System,
-            key_id: None,
-            client_ip: None,
-            request_id: None,
-            action: action.into(),
-            resource: "system".into(),
-            outcome: "success".into(),
-            details,
-        };
+        let ev = crate::settings::system_event(action, details);
         self.0.store.write(move |_| Ok(WriteOutcome::audited((), ev))).await?;
         Ok(())
     }

@@ -684,9 +684,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = a.cfg.load(overrides)?;
     let data_dir = maasbox_api::state::expand_home(&cfg.storage.data_dir);
     maasbox_api::state::ensure_data_dir(&data_dir)?;
-    let _guard = maasbox_api::init_logging(&cfg.log, &data_dir)?;
-    let addr = std::net::SocketAddr::new(cfg.server.effective_bind(), cfg.server.port);
+    let _guard = maasbox_api::init_logging(&cfg.log, &data_dir.join("logs"))?;
     let (state, startup) = maasbox_api::AppState::open(cfg, maasbox_engine::EngineHandle::new())?;
+    // LAN sharing may have been turned on from the settings page since the config was written.
+    let addr = state.listen_addr();
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;

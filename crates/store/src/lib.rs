@@ -17,10 +17,12 @@ use rusqlite::OpenFlags;
 
 pub mod apps;
 pub mod audit;
+pub mod conversations;
 pub mod keys;
 mod migrations;
 pub mod models;
 pub mod sessions;
+pub mod settings;
 pub mod upstreams;
 pub mod usage;
 pub mod users;

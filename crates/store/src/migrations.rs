@@ -169,6 +169,36 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE models ADD COLUMN base TEXT;
     CREATE INDEX models_base ON models(base);
     "#,
+    // 6: settings changed at run time (the web UI, the desktop tray) and per-user chat history.
+    r#"
+    CREATE TABLE settings (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        updated_by TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE conversations (
+        id         TEXT PRIMARY KEY,
+        user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        title      TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX conversations_user ON conversations(user_id, updated_at);
+    CREATE INDEX conversations_updated ON conversations(updated_at);
+
+    CREATE TABLE conversation_messages (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        seq             INTEGER NOT NULL,
+        role            TEXT NOT NULL,
+        content         TEXT NOT NULL,
+        meta            TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -246,3 +246,8 @@ pub fn report(conn: &Connection, by: GroupBy, from: &str, to: &str, user_id: Opt
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
+
+/// Delete per-request usage rows before `before_ms` (daily totals stay); returns how many.
+pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize> {
+    Ok(conn.execute("DELETE FROM usage WHERE ts_ms < ?1", [before_ms])?)
+}

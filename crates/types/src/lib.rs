@@ -488,3 +488,35 @@ pub struct ChainReport {
     /// Why the chain is broken there.
     pub reason: Option<String>,
 }
+
+/// A conversation without its messages.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Conversation {
+    /// Opaque id.
+    pub id: String,
+    /// Shown in the history list.
+    pub title: String,
+    /// The model last used in it.
+    pub model: String,
+    /// Messages in it.
+    pub message_count: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last change.
+    pub updated_at: i64,
+}
+
+/// One stored message.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// What the UI shows beside it (citations, finish reason, usage); free-form JSON.
+    #[serde(default)]
+    pub meta: serde_json::Value,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+}

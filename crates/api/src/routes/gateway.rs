@@ -462,7 +462,7 @@ pub(crate) async fn admit(
 ) -> ApiResult<Permit> {
     let mut subjects = Vec::with_capacity(2);
     if let (Some(uid), Some(user)) = (p.user_id, &p.user) {
-        subjects.push((Subject::User(uid), user.limits.or(st.config().quotas.limits())));
+        subjects.push((Subject::User(uid), user.limits.or(st.settings().quotas.limits())));
     }
     if let Some(k) = &p.key_id {
         subjects.push((Subject::Key(k.clone()), p.key_limits));

@@ -33,6 +33,96 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(running))
 }
 
+/// `POST /api/v1/models/upload`: the GGUF is the raw request body (any size: this route has no
+/// body limit and no timeout; only callers allowed to import reach the body).
+pub(crate) fn upload_router() -> axum::Router<AppState> {
+    axum::Router::new().route("/api/v1/models/upload", axum::routing::post(upload_model))
+}
+
+/// `POST /api/v1/models/upload` query.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// `name[:tag]` (default: the file name without extension).
+    pub name: Option<String>,
+    /// The uploaded file's name (for the default name and the recorded source).
+    pub filename: Option<String>,
+    /// For a LoRA adapter: the model it applies to.
+    pub base: Option<String>,
+}
+
+/// Stream the request body into a temporary file beside the blobs, hashing as it goes.
+async fn receive_hashed(body: axum::body::Body, dir: &Path) -> std::io::Result<(String, u64, PathBuf)> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    tokio::fs::create_dir_all(dir).await?;
+    let tmp = dir.join(format!(".upload-{}", maasbox_crypto::random_hex(8)));
+    let result = async {
+        let file = tokio::fs::File::create(&tmp).await?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            hasher.update(&chunk);
+            out.write_all(&chunk).await?;
+            size += chunk.len() as u64;
+        }
+        out.flush().await?;
+        out.into_inner().sync_all().await?;
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+    .await;
+    match result {
+        Ok((h, s)) => Ok((h, s, tmp)),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+async fn upload_model(
+    State(st): State<AppState>,
+    p: Principal,
+    Query(q): Query<UploadQuery>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    p.authorize(&st, Permission::ModelsImport, "model.import").await?;
+    let filename = q.filename.as_deref().map(|f| f.rsplit(['/', '\\']).next().unwrap_or(f).to_owned());
+    let default_name = filename
+        .as_deref()
+        .and_then(|f| Path::new(f).file_stem())
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let (name, tag) = resolve(q.name.as_deref().unwrap_or(&default_name))?;
+    let base = match &q.base {
+        Some(b) => {
+            let (n, t) = models::parse_ref(b).map_err(|e| ApiError::field("base", e.to_string()))?;
+            Some(format!("{n}:{t}"))
+        }
+        None => None,
+    };
+    let dir = blobs_dir(&st);
+    let (sha, size, tmp) =
+        receive_hashed(body, &dir).await.map_err(|e| ApiError::field("file", format!("upload interrupted: {e}")))?;
+    let info = {
+        let tmp = tmp.clone();
+        tokio::task::spawn_blocking(move || maasbox_engine::gguf::read_info(&tmp)).await.map_err(ApiError::internal)?
+    };
+    let info = match info {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ApiError::field("file", format!("not a usable GGUF model: {e}")));
+        }
+    };
+    let source = format!("upload:{}", filename.unwrap_or_default());
+    let rec = register_blob(&st, &p, Blob { tmp, sha256: sha, size, info }, (name, tag), source, base).await?;
+    Ok((StatusCode::CREATED, Json(rec)).into_response())
+}
+
 /// Registry entries.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ModelList {

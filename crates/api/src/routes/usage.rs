@@ -114,7 +114,7 @@ pub struct MyLimits {
     responses((status = 200, body = MyLimits)))]
 async fn my_limits(State(st): State<AppState>, p: Principal) -> ApiResult<Json<MyLimits>> {
     let now = now_millis();
-    let user = p.user.as_ref().map_or(Limits::default(), |u| u.limits.or(st.config().quotas.limits()));
+    let user = p.user.as_ref().map_or(Limits::default(), |u| u.limits.or(st.settings().quotas.limits()));
     let spent = p.user_id.map(|u| st.0.meter.spent(&Subject::User(u), now)).unwrap_or_default();
     let key_spent = p.key_id.as_ref().map(|k| st.0.meter.spent(&Subject::Key(k.clone()), now));
     Ok(Json(MyLimits {
