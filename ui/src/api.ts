@@ -23,11 +23,6 @@ export function setTokens(t: { access_token: string; refresh_token: string; user
   currentUser.value = { username: t.user.username, role: t.user.role };
 }
 
-/** The current access token (for requests fetch cannot make, e.g. uploads with progress). */
-export function accessToken(): string | null {
-  return access;
-}
-
 export function clearTokens() {
   access = null;
   sessionStorage.removeItem(REFRESH);
@@ -122,3 +117,36 @@ export async function* events(r: Response): AsyncGenerator<string> {
     for (const d of feed(dec.decode(value, { stream: true }))) yield d;
   }
 }
+
+/**
+ * POST `body` with upload progress (XMLHttpRequest reports it; fetch does not), with the
+ * session's token and one refresh and retry on 401. Resolves to the JSON answer; a non-2xx
+ * answer rejects with an ApiError.
+ */
+export function upload<T = any>(path: string, body: Blob | FormData, onProgress: (percent: number) => void, retry = true): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    if (access) xhr.setRequestHeader("authorization", `Bearer ${access}`);
+    if (body instanceof Blob) xhr.setRequestHeader("content-type", "application/octet-stream");
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(Math.round((100 * e.loaded) / e.total));
+    xhr.onload = async () => {
+      if (xhr.status === 401 && retry && (await refresh())) return upload<T>(path, body, onProgress, false).then(resolve, reject);
+      let json: any = {};
+      try {
+        json = JSON.parse(xhr.responseText);
+      } catch {
+        /* not JSON: reported below */
+      }
+      if (xhr.status < 200 || xhr.status > 299) reject(new ApiError(xhr.status, json.error?.code, json.error?.message ?? xhr.statusText, json.error?.param));
+      else resolve(json as T);
+    };
+    xhr.onerror = () => reject(new ApiError(0, "network", ""));
+    xhr.send(body);
+  });
+}
+
+/** The desktop shell's commands when the UI runs in its window (null in a browser). */
+export const desktop: null | (<T>(cmd: string, args?: Record<string, unknown>) => Promise<T>) = (globalThis as any).__TAURI_INTERNALS__
+  ? (cmd, args) => (globalThis as any).__TAURI_INTERNALS__.invoke(cmd, args ?? {})
+  : null;

@@ -11,20 +11,34 @@ import { Knowledge } from "./pages/Knowledge";
 import { Users } from "./pages/Users";
 import { Audit } from "./pages/Audit";
 import { Models } from "./pages/Models";
+import { SettingsPage } from "./pages/Settings";
 import "./style.css";
 
 const path = signal(location.pathname);
 export function go(p: string) {
   if (p !== location.pathname) history.pushState(null, "", p);
   path.value = p;
+  // Keyboard and screen-reader users land on the new page, not on the link they left.
+  requestAnimationFrame(() => document.getElementById("main")?.focus({ preventScroll: true }));
 }
 addEventListener("popstate", () => (path.value = location.pathname));
 
+/** The dashboard (with its charting library) is a separate chunk, fetched on first visit. */
+function DashboardPage() {
+  const [Page, setPage] = useState<null | (() => any)>(null);
+  useEffect(() => {
+    import("./pages/Dashboard").then((m) => setPage(() => m.Dashboard));
+  }, []);
+  return Page ? <Page /> : <p class="muted">{t("common.loading")}</p>;
+}
+
 function Nav() {
+  const role = currentUser.value?.role ?? "";
   const link = (href: string, label: string) => (
     <a
       href={href}
       class={path.value.startsWith(href) ? "active" : ""}
+      aria-current={path.value.startsWith(href) ? "page" : undefined}
       onClick={(e) => {
         e.preventDefault();
         go(href);
@@ -39,8 +53,10 @@ function Nav() {
       {link("/chat", t("nav.chat"))}
       {link("/models", t("nav.models"))}
       {link("/knowledge", t("nav.knowledge"))}
+      {link("/dashboard", t("nav.dashboard"))}
       {link("/users", t("nav.users"))}
-      {["admin", "auditor"].includes(currentUser.value?.role ?? "") && link("/audit", t("nav.audit"))}
+      {["admin", "auditor"].includes(role) && link("/audit", t("nav.audit"))}
+      {role === "admin" && link("/settings", t("nav.settings"))}
       <span class="spacer" />
       <button class="link" onClick={() => setLang(signalLang.value === "en" ? "zh-CN" : "en")}>
         {t("lang.switch")}
@@ -77,8 +93,11 @@ function App() {
   if (!currentUser.value) return <Login onDone={() => go(path.value === "/login" || path.value === "/" ? "/chat" : path.value)} />;
   return (
     <div class="shell">
+      <a class="skip" href="#main">
+        {t("nav.skip")}
+      </a>
       <Nav />
-      <main>
+      <main id="main" tabIndex={-1}>
         {path.value.startsWith("/knowledge") ? (
           <Knowledge />
         ) : path.value.startsWith("/users") ? (
@@ -87,6 +106,10 @@ function App() {
           <Audit />
         ) : path.value.startsWith("/models") ? (
           <Models />
+        ) : path.value.startsWith("/dashboard") ? (
+          <DashboardPage />
+        ) : path.value.startsWith("/settings") ? (
+          <SettingsPage />
         ) : (
           <Chat />
         )}

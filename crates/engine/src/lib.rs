@@ -171,6 +171,15 @@ pub struct GenJob {
 /// for idleness or evicted, and its idle time starts when the last request ends.
 pub(crate) struct ActiveGuard(Arc<UseCounter>);
 
+/// Tokens a model has processed since it was loaded (live throughput: sample twice, divide).
+#[derive(Default, Debug)]
+pub struct TokenStats {
+    /// Tokens sampled (generated).
+    pub generated: std::sync::atomic::AtomicU64,
+    /// Tokens decoded (prompt and generated; embeddings not counted).
+    pub decoded: std::sync::atomic::AtomicU64,
+}
+
 /// Shared use counters of a loaded model.
 #[derive(Default)]
 pub(crate) struct UseCounter {
@@ -275,6 +284,7 @@ pub struct LoadedModel {
     use_: Arc<UseCounter>,
     keep_alive: Mutex<KeepAlive>,
     pinned: AtomicBool,
+    stats: Arc<TokenStats>,
 }
 
 /// A loaded model as `ps` shows it.
@@ -291,6 +301,10 @@ pub struct RunningModel {
     pub idle_secs: u64,
     /// Seconds until it is unloaded for idleness; `None`: not while pinned, busy or kept forever.
     pub expires_in_secs: Option<u64>,
+    /// Tokens generated since it was loaded.
+    pub generated_tokens: u64,
+    /// Tokens decoded (prompt and generated) since it was loaded.
+    pub decoded_tokens: u64,
 }
 
 impl LoadedModel {
@@ -420,6 +434,8 @@ impl LoadedModel {
             pinned: self.pinned(),
             idle_secs: if active > 0 { 0 } else { now.saturating_duration_since(self.last_used()).as_secs() },
             expires_in_secs: self.expires_in(now).map(|d| d.as_secs()),
+            generated_tokens: self.stats.generated.load(Ordering::Relaxed),
+            decoded_tokens: self.stats.decoded.load(Ordering::Relaxed),
         }
     }
 }
@@ -567,7 +583,9 @@ impl EngineHandle {
             n_batch: spec.n_batch.max(64),
             n_threads: spec.n_threads.max(1),
             kv_unified: spec.kv_unified,
+            stats: Arc::new(TokenStats::default()),
         };
+        let stats = cfg.stats.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let m2 = model.clone();
@@ -604,6 +622,7 @@ impl EngineHandle {
             use_: Arc::new(UseCounter { active: AtomicUsize::new(0), last_used: Mutex::new(Some(Instant::now())) }),
             keep_alive: Mutex::new(keep_alive),
             pinned: AtomicBool::new(false),
+            stats,
         });
         self.models.lock().insert(spec.name.clone(), loaded.clone());
         Ok(loaded)

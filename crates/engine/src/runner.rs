@@ -141,6 +141,8 @@ pub(crate) struct RunnerConfig {
     pub n_batch: u32,
     pub n_threads: i32,
     pub kv_unified: bool,
+    /// Tokens processed, for live throughput (one relaxed add per step and per sampled token).
+    pub stats: Arc<crate::TokenStats>,
 }
 
 /// Create the context; a failure is reported to the loader (and `None` ends the thread).
@@ -297,7 +299,9 @@ pub(crate) fn run_generation(
             continue;
         }
         match ctx.decode(&mut batch) {
-            Ok(()) => {}
+            Ok(()) => {
+                cfg.stats.decoded.fetch_add(batch.n_tokens() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             Err(DecodeError::NoKvCacheSlot) => {
                 // The shared KV cache is full. llama.cpp checks room before it writes, so only
                 // this step's bookkeeping is undone; then make room and build the step again.
@@ -347,6 +351,7 @@ pub(crate) fn run_generation(
                 continue;
             }
             s.n_gen += 1;
+            cfg.stats.generated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let piece = vocab.token_to_piece(tok, false, None);
             let text = take_utf8(&mut s.utf8, &piece);
             let (out, stopped) = match s.stop.push(&text) {

@@ -3,6 +3,7 @@ import { ApiError, api, events, raw } from "../api";
 import { errorText, t } from "../i18n";
 import { markdown } from "../markdown";
 import { signalLang } from "../state";
+import { useError } from "../hooks";
 
 interface Citation {
   index: number;
@@ -16,6 +17,26 @@ interface Msg {
   content: string;
   citations?: Citation[];
   error?: string;
+  stopped?: boolean;
+}
+interface Conversation {
+  id: string;
+  title: string;
+  model: string;
+  message_count: number;
+  updated_at: number;
+}
+
+/** A stored message as the chat shows it (citations and errors ride in `meta`). */
+function fromStored(m: any): Msg {
+  return { role: m.role, content: m.content, citations: m.meta?.citations, error: m.meta?.error, stopped: m.meta?.stopped };
+}
+function toStored(m: Msg) {
+  const meta: any = {};
+  if (m.citations?.length) meta.citations = m.citations;
+  if (m.error) meta.error = m.error;
+  if (m.stopped) meta.stopped = true;
+  return { role: m.role, content: m.content, meta };
 }
 
 export function Chat() {
@@ -26,8 +47,49 @@ export function Chat() {
   const [msgs, setMsgs] = useState<Msg[]>([]);
   const [input, setInput] = useState("");
   const [busy, setBusy] = useState(false);
+  const [convs, setConvs] = useState<Conversation[]>([]);
+  const [convId, setConvId] = useState<string | null>(null);
   const abort = useRef<AbortController | null>(null);
   const end = useRef<HTMLDivElement>(null);
+  const [error, fail, clear] = useError();
+  const loadConvs = () => api("/api/v1/conversations").then((v) => setConvs(v.data)).catch(fail);
+  const open = async (c: Conversation) => {
+    if (busy) return;
+    clear();
+    try {
+      const d = await api(`/api/v1/conversations/${c.id}`);
+      setMsgs(d.messages.map(fromStored));
+      setConvId(c.id);
+      if (models.includes(d.model)) setModel(d.model);
+    } catch (e) {
+      fail(e);
+    }
+  };
+  const remove = async (c: Conversation) => {
+    if (!confirm(t("chat.confirmDelete", { title: c.title }))) return;
+    await api(`/api/v1/conversations/${c.id}`, "DELETE").catch(fail);
+    if (c.id === convId) newChat();
+    loadConvs();
+  };
+  const newChat = () => {
+    setMsgs([]);
+    setConvId(null);
+  };
+  /** Keep the finished exchange on the server (also a stopped or failed one). */
+  const save = async (exchange: Msg[], id: string | null) => {
+    try {
+      if (!id) {
+        const title = exchange[0].content.replace(/\s+/g, " ").slice(0, 60);
+        const c = await api("/api/v1/conversations", "POST", { title, model, messages: exchange.map(toStored) });
+        setConvId(c.id);
+      } else {
+        await api(`/api/v1/conversations/${id}/messages`, "POST", { model, messages: exchange.map(toStored) });
+      }
+      loadConvs();
+    } catch (e) {
+      fail(e);
+    }
+  };
 
   useEffect(() => {
     api("/api/v1/models").then((v) => {
@@ -37,6 +99,7 @@ export function Chat() {
       if (!names.includes(model) && names.length) setModel(names[0]);
     });
     api("/api/v1/knowledge").then((v) => setBases(v.data.map((b: any) => b.name))).catch(() => {});
+    loadConvs();
   }, []);
   useEffect(() => end.current?.scrollIntoView({ block: "end" }), [msgs]);
 
@@ -50,7 +113,11 @@ export function Chat() {
     setBusy(true);
     const ctl = new AbortController();
     abort.current = ctl;
-    const update = (f: (m: Msg) => Msg) => setMsgs((all) => [...all.slice(0, -1), f(all[all.length - 1])]);
+    let answer: Msg = { role: "assistant", content: "" };
+    const update = (f: (m: Msg) => Msg) => {
+      answer = f(answer);
+      setMsgs([...history, answer]);
+    };
     try {
       const body: any = {
         model,
@@ -73,7 +140,8 @@ export function Chat() {
         if (delta) update((m) => ({ ...m, content: m.content + delta }));
       }
     } catch (e) {
-      if ((e as Error).name !== "AbortError") {
+      if ((e as Error).name === "AbortError") update((m) => ({ ...m, stopped: true }));
+      else {
         const a = e as ApiError;
         update((m) => ({ ...m, error: errorText(signalLang.value, a.code, a.message) }));
       }
@@ -81,9 +149,28 @@ export function Chat() {
       abort.current = null;
       setBusy(false);
     }
+    await save([{ role: "user", content: text }, answer], convId);
   };
 
   return (
+    <div class="chat-page">
+      <aside class="history" aria-label={t("chat.history")}>
+        <button class="secondary" onClick={newChat} disabled={busy}>
+          {t("chat.new")}
+        </button>
+        <ul>
+          {convs.map((c) => (
+            <li class={c.id === convId ? "selected" : ""}>
+              <button class="link" onClick={() => open(c)} aria-current={c.id === convId ? "true" : undefined} title={c.title}>
+                {c.title}
+              </button>
+              <button class="link danger" onClick={() => remove(c)} aria-label={t("chat.deleteConversation", { title: c.title })}>
+                ×
+              </button>
+            </li>
+          ))}
+        </ul>
+      </aside>
     <div class="chat">
       <div class="toolbar">
         <label>
@@ -109,16 +196,15 @@ export function Chat() {
             ))}
           </fieldset>
         )}
-        <button class="secondary" onClick={() => setMsgs([])} disabled={busy}>
-          {t("chat.new")}
-        </button>
       </div>
       {!models.length && <p class="muted">{t("chat.empty")}</p>}
+      {error && <p class="error" role="alert">{error}</p>}
       <div class="messages" aria-live="polite">
         {msgs.map((m) => (
           <div class={`msg ${m.role}`}>
             {m.role === "assistant" ? <div class="md" dangerouslySetInnerHTML={{ __html: markdown(m.content) }} /> : <div class="plain">{m.content}</div>}
             {m.error && <p class="error" role="alert">{m.error}</p>}
+            {m.stopped && <p class="muted">{t("chat.stopped")}</p>}
             {m.citations && m.citations.length > 0 && (
               <details class="citations">
                 <summary>{t("chat.sources")} ({m.citations.length})</summary>
@@ -148,9 +234,11 @@ export function Chat() {
           placeholder={t("chat.placeholder")}
           onInput={(e) => setInput(e.currentTarget.value)}
           onKeyDown={(e) => {
-            if (e.key === "Enter" && !e.shiftKey) {
+            if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
               e.preventDefault();
               send();
+            } else if (e.key === "Escape" && busy) {
+              abort.current?.abort();
             }
           }}
           rows={3}
@@ -165,6 +253,7 @@ export function Chat() {
           </button>
         )}
       </form>
+    </div>
     </div>
   );
 }

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, accessToken, api, events, raw, refresh } from "../api";
+import { api, events, raw, upload as uploadFile } from "../api";
 import { t } from "../i18n";
 import { useError } from "../hooks";
 
@@ -104,31 +104,15 @@ function Base({ name, onChange }: { name: string; onChange: () => void }) {
     load();
   }, []);
 
-  const send = (files: FileList, retry = true) => {
+  const send = async (files: FileList) => {
     clear();
     const form = new FormData();
     for (const f of Array.from(files)) form.append("file", f, f.name);
-    // XMLHttpRequest reports upload progress; fetch does not.
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", `${path}/documents`);
-    const token = accessToken();
-    if (token) xhr.setRequestHeader("authorization", `Bearer ${token}`);
-    xhr.upload.onprogress = (e) => e.lengthComputable && setUpload(Math.round((100 * e.loaded) / e.total));
-    xhr.onload = async () => {
+    try {
+      const started = await uploadFile(`${path}/documents`, form, setUpload);
       setUpload(null);
-      if (xhr.status === 401 && retry && (await refresh())) return send(files, false);
-      let body: any = {};
-      try {
-        body = JSON.parse(xhr.responseText);
-      } catch {
-        /* not JSON: reported below */
-      }
-      if (xhr.status !== 202) {
-        fail(new ApiError(xhr.status, body.error?.code, body.error?.message ?? xhr.statusText));
-        return;
-      }
-      setJob(body);
-      const r = await raw(`/api/v1/knowledge/jobs/${body.id}/events`);
+      setJob(started);
+      const r = await raw(`/api/v1/knowledge/jobs/${started.id}/events`);
       for await (const d of events(r)) {
         const ev = JSON.parse(d);
         setJob(ev);
@@ -136,12 +120,10 @@ function Base({ name, onChange }: { name: string; onChange: () => void }) {
       }
       load();
       onChange();
-    };
-    xhr.onerror = () => {
+    } catch (err) {
       setUpload(null);
-      fail(new ApiError(0, "network", ""));
-    };
-    xhr.send(form);
+      fail(err);
+    }
   };
 
   const search = async (e: Event) => {

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { api, events, raw } from "../api";
+import { api, desktop, events, raw, upload } from "../api";
 import { useError } from "../hooks";
 import { t } from "../i18n";
 import { currentUser } from "../state";
@@ -14,6 +14,9 @@ export function Models() {
   const [url, setUrl] = useState("");
   const [name, setName] = useState("");
   const [pull, setPull] = useState<any>(null);
+  const [file, setFile] = useState<File | null>(null);
+  const [fileName, setFileName] = useState("");
+  const [sent, setSent] = useState<number | null>(null);
   const [error, fail, clear] = useError();
   const canManage = ["admin", "developer"].includes(currentUser.value?.role ?? "");
   const load = async () => {
@@ -49,9 +52,74 @@ export function Models() {
       fail(err);
     }
   };
+  const importFile = async (e: Event) => {
+    e.preventDefault();
+    if (!file) return;
+    clear();
+    const q = new URLSearchParams({ filename: file.name });
+    if (fileName.trim()) q.set("name", fileName.trim());
+    try {
+      setSent(0);
+      await upload(`/api/v1/models/upload?${q}`, file, setSent);
+      setFile(null);
+      setFileName("");
+      (e.target as HTMLFormElement).reset();
+    } catch (err) {
+      fail(err);
+    } finally {
+      setSent(null);
+      load();
+    }
+  };
+  // In the desktop window: the native dialog picks a file on this machine; the server imports it
+  // by path with the user's own session.
+  const importNative = async () => {
+    clear();
+    const path = await desktop!<string | null>("pick_model_file");
+    if (!path) return;
+    try {
+      setSent(-1);
+      await api("/api/v1/models", "POST", fileName.trim() ? { path, name: fileName.trim() } : { path });
+      setFileName("");
+    } catch (err) {
+      fail(err);
+    } finally {
+      setSent(null);
+      load();
+    }
+  };
   return (
     <div>
       <h1>{t("models.title")}</h1>
+      {canManage && (
+        <form class="row" onSubmit={importFile} aria-label={t("models.importFile")}>
+          {desktop ? (
+            <button type="button" class="secondary" onClick={importNative} disabled={sent !== null}>
+              {t("models.chooseFile")}
+            </button>
+          ) : (
+            <input
+              type="file"
+              accept=".gguf"
+              aria-label={t("models.file")}
+              onChange={(e) => setFile(e.currentTarget.files?.[0] ?? null)}
+              required
+            />
+          )}
+          <input placeholder={t("models.nameOptional")} aria-label={t("models.nameOptional")} value={fileName} onInput={(e) => setFileName(e.currentTarget.value)} />
+          {!desktop && (
+            <button type="submit" disabled={!file || sent !== null}>
+              {t("models.importFile")}
+            </button>
+          )}
+        </form>
+      )}
+      {sent !== null && (
+        <div aria-live="polite">
+          <progress max={100} value={sent >= 0 ? sent : undefined} />
+          <p class="muted">{sent >= 0 && sent < 100 ? t("models.uploading", { percent: sent }) : t("models.verifying")}</p>
+        </div>
+      )}
       {canManage && (
         <form class="row" onSubmit={startPull}>
           <input placeholder={t("models.url")} aria-label={t("models.url")} value={url} onInput={(e) => setUrl(e.currentTarget.value)} required type="url" />
