@@ -3,8 +3,11 @@
 # Safe to run repeatedly; needs root or sudo when something is missing.
 set -euo pipefail
 # chromium and a CJK font: the end-to-end browser tests of the web UI (ui/e2e).
+# WebKitGTK, appindicator, librsvg, libsoup: the Tauri desktop app (src-tauri); Xvfb, xwininfo
+# (x11-utils) and ImageMagick: its window test.
 PKGS=(build-essential pkg-config curl ca-certificates cmake clang libclang-dev python3 python3-venv python3-pip
-  chromium fonts-wqy-microhei)
+  chromium fonts-wqy-microhei
+  libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libsoup-3.0-dev xvfb x11-utils imagemagick)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
