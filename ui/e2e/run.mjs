@@ -35,6 +35,7 @@ const url = await new Promise((ok, no) => {
 });
 const cli = (...args) => execFileSync(bin, [...args, "--data-dir", data], { env: { ...env, MAASBOX_URL: url }, encoding: "utf8" });
 let browser;
+let apiKey;
 let passed = 0;
 const step = async (name, f) => {
   await f();
@@ -54,7 +55,7 @@ try {
   const page = await context.newPage();
   page.setDefaultTimeout(60_000);
 
-  await step("setup creates the first admin with the setup code", async () => {
+  await step("setup: a wrong code is refused; the code in the fragment (desktop) needs no typing", async () => {
     await page.goto(url);
     await page.getByRole("heading", { name: "Set up maasbox" }).waitFor();
     await page.screenshot({ path: join(out, "01-setup.png") });
@@ -62,7 +63,12 @@ try {
     await page.getByLabel("Password").fill("E2e-Passw0rd!x");
     await page.getByRole("button", { name: "Create administrator" }).click();
     await page.getByRole("alert").filter({ hasText: "The setup code is not right." }).waitFor();
-    await page.getByLabel("Setup code").fill(code);
+    // The desktop app opens /setup#code=…: no code field, and the code leaves the address bar.
+    await page.goto(`${url}/setup#code=${code}`);
+    await page.getByText("Choose the administrator's username and password for this computer").waitFor();
+    if (await page.getByLabel("Setup code").count()) fail("the setup code field is shown although the code was given");
+    if (page.url().includes(code)) fail("the setup code stayed in the address");
+    await page.getByLabel("Password").fill("E2e-Passw0rd!x");
     await page.getByRole("button", { name: "Create administrator" }).click();
     await page.getByRole("link", { name: "Chat" }).waitFor();
   });
@@ -102,6 +108,7 @@ try {
     await page.waitForTimeout(1500);
     const len2 = (await page.locator(".msg.assistant .md").nth(1).textContent()).length;
     if (len2 !== len1) fail(`text kept growing after Stop: ${len1} → ${len2}`);
+    await page.getByText("Stopped.").waitFor();
   });
 
   await step("a knowledge base: create, upload with progress, search, cite in chat", async () => {
@@ -127,6 +134,24 @@ try {
     await page.screenshot({ path: join(out, "05-chat-citations.png") });
   });
 
+  await step("chat history is kept on the server and reopens after a reload", async () => {
+    const history = page.getByRole("complementary", { name: "Conversations" });
+    await history.getByRole("button", { name: "What holds the data directory lock?", exact: true }).waitFor();
+    await page.reload();
+    await history.getByRole("button", { name: "What is the capital of France?", exact: true }).click();
+    await page.locator(".msg.user").filter({ hasText: "Write a very long story" }).waitFor();
+    await page.getByText("Stopped.").waitFor();
+    // Keyboard: Esc stops a generation from the message box.
+    await page.getByPlaceholder(/Send a message/).fill("Count from one to one thousand in words.");
+    await page.keyboard.press("Enter");
+    await page.getByRole("button", { name: "Stop" }).waitFor();
+    await page.keyboard.press("Escape");
+    await page.getByRole("button", { name: "Send" }).waitFor({ timeout: 5_000 });
+    await page.screenshot({ path: join(out, "05b-history.png") });
+    const r = await page.evaluate(async () => (await fetch("/api/v1/conversations")).status);
+    if (r !== 401) fail(`conversations readable without a token: ${r}`);
+  });
+
   await step("create a user and an API key; the secret is shown once", async () => {
     await page.getByRole("link", { name: "Users & keys" }).click();
     await page.getByLabel("Username").fill("alice");
@@ -139,6 +164,7 @@ try {
     const shown = page.locator(".secret code").filter({ hasText: /^mbx_/ });
     await shown.waitFor();
     const secret = await shown.textContent();
+    apiKey = secret;
     await page.getByRole("cell", { name: "notebook" }).waitFor();
     await page.screenshot({ path: join(out, "06-users-keys.png") });
     // the key works against the API
@@ -169,6 +195,59 @@ try {
     await row.getByRole("button", { name: "Load" }).click();
     await row.getByRole("cell", { name: "loaded" }).waitFor();
     await page.screenshot({ path: join(out, "08-models.png") });
+  });
+
+  await step("models: import a GGUF file with upload progress", async () => {
+    await page.locator("input[type=file][accept='.gguf']").setInputFiles(join(models, "SmolLM2-135M-Instruct.Q4_1.gguf"));
+    await page.getByLabel("Name (optional, e.g. qwen:7b)").fill("smol-upload:q4");
+    await page.getByRole("button", { name: "Import file" }).click();
+    await page.locator("progress").first().waitFor();
+    await page.getByRole("row").filter({ hasText: "smol-upload:q4" }).getByRole("cell", { name: "Q4_1" }).waitFor();
+    await page.screenshot({ path: join(out, "08b-model-upload.png") });
+  });
+
+  await step("dashboard: usage per day, model and user, loaded models, live throughput", async () => {
+    await page.getByRole("link", { name: "Dashboard" }).click();
+    await page.getByRole("heading", { name: "Requests and tokens per day" }).waitFor();
+    await page.locator(".chart canvas").first().waitFor();
+    const requests = page.locator(".stats .card").filter({ hasText: "Requests, 30 days" }).locator("strong");
+    await page.waitForFunction((el) => Number(el.textContent.replace(/\D/g, "")) >= 3, await requests.elementHandle());
+    await page.getByRole("row").filter({ hasText: "smollm2:135m" }).first().waitFor();
+    await page.getByRole("heading", { name: "By user" }).waitFor();
+    await page.locator("section").filter({ hasText: "By user" }).getByRole("cell", { name: "admin" }).waitFor();
+    // Live throughput: generate (with the key made above) while the page samples the engine.
+    const gen = fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}` },
+      body: JSON.stringify({ model: "smollm2:135m", max_tokens: 600, messages: [{ role: "user", content: "Tell a long story about the sea." }] }),
+    });
+    await page.waitForFunction(() => parseFloat(document.querySelector("[data-testid=throughput]")?.textContent ?? "0") > 0);
+    await page.screenshot({ path: join(out, "11-dashboard.png") });
+    if ((await gen).status !== 200) fail("generation for the throughput check failed");
+  });
+
+  await step("settings: CORS origins and default quotas apply; LAN sharing asks for consent", async () => {
+    await page.getByRole("link", { name: "Settings" }).click();
+    await page.getByText(/^Listening on 127\.0\.0\.1:\d+\.$/).waitFor();
+    await page.getByLabel(/One origin per line/).fill("http://localhost:5173");
+    await page.getByLabel("Tokens per day").fill("100000");
+    await page.getByRole("button", { name: "Save settings" }).click();
+    await page.getByText("Saved. The settings apply now.").waitFor();
+    const pre = await fetch(`${url}/api/v1/auth/me`, {
+      method: "OPTIONS",
+      headers: { origin: "http://localhost:5173", "access-control-request-method": "GET" },
+    });
+    if (pre.headers.get("access-control-allow-origin") !== "http://localhost:5173") fail("CORS origin not applied");
+    await page.getByLabel(/Share on the local network/).check();
+    await page.getByText(/plain HTTP that anyone on the network can read/).waitFor();
+    if (await page.getByRole("button", { name: "Save settings" }).isEnabled()) fail("LAN sharing saved without consent");
+    await page.getByLabel("I understand; serve plain HTTP on the LAN").check();
+    await page.getByRole("button", { name: "Save settings" }).click();
+    await page.getByText(/^Listening on 0\.0\.0\.0:\d+\.$/).waitFor();
+    await page.screenshot({ path: join(out, "12-settings.png") });
+    await page.getByLabel(/Share on the local network/).uncheck();
+    await page.getByRole("button", { name: "Save settings" }).click();
+    await page.getByText(/^Listening on 127\.0\.0\.1:\d+\.$/).waitFor();
   });
 
   await step("switching to zh-CN shows Chinese labels and is remembered", async () => {
