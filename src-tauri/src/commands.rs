@@ -30,12 +30,8 @@ pub fn desktop_info(server: State<'_, Server>) -> DesktopInfo {
 #[tauri::command]
 pub async fn pick_model_file(app: AppHandle) -> Option<String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    app.dialog()
-        .file()
-        .set_title("Import a GGUF model")
-        .add_filter("GGUF models", &["gguf"])
-        .pick_file(move |path| {
-            let _ = tx.send(path);
-        });
+    app.dialog().file().set_title("Import a GGUF model").add_filter("GGUF models", &["gguf"]).pick_file(move |path| {
+        let _ = tx.send(path);
+    });
     rx.await.ok().flatten().and_then(|p| p.into_path().ok()).map(|p| p.display().to_string())
 }

@@ -83,7 +83,8 @@ fn main() {
 fn start_server(app: &AppHandle) -> anyhow::Result<Server> {
     let paths = app.path();
     let config_file = paths.app_config_dir()?.join("maasbox.toml");
-    let mut cfg = maasbox_api::config::load(config_file.is_file().then_some(config_file.as_path()), std::env::vars(), &[])?;
+    let mut cfg =
+        maasbox_api::config::load(config_file.is_file().then_some(config_file.as_path()), std::env::vars(), &[])?;
     if cfg.storage.data_dir == maasbox_api::Config::default().storage.data_dir {
         cfg.storage.data_dir = paths.app_data_dir()?;
     }

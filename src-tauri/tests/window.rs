@@ -25,23 +25,25 @@ fn xvfb() -> (String, Kill) {
             continue;
         }
         let display = format!(":{n}");
-        let mut child = Command::new("Xvfb")
-            .args([display.as_str(), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb is not installed (scripts/setup-system.sh installs xvfb)");
+        let mut child = Kill(
+            Command::new("Xvfb")
+                .args([display.as_str(), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb is not installed (scripts/setup-system.sh installs xvfb)"),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
+            if child.0.try_wait().unwrap().is_some() {
                 break; // display taken: try the next one
             }
             if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                return (display, Kill(child));
+                return (display, child);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
+        drop(child); // killed and reaped
     }
     panic!("no free X display");
 }
@@ -70,7 +72,9 @@ fn pixels(display: &str, id: &str, png: &Path) -> Vec<u8> {
 /// Pixels within 6 of the UI's accent colour #2457d6 (the setup form's button).
 fn accent_pixels(rgb: &[u8]) -> usize {
     rgb.chunks_exact(3)
-        .filter(|p| (p[0] as i32 - 0x24).abs() <= 6 && (p[1] as i32 - 0x57).abs() <= 6 && (p[2] as i32 - 0xd6).abs() <= 6)
+        .filter(|p| {
+            (p[0] as i32 - 0x24).abs() <= 6 && (p[1] as i32 - 0x57).abs() <= 6 && (p[2] as i32 - 0xd6).abs() <= 6
+        })
         .count()
 }
 

@@ -167,7 +167,8 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(upload_limit))
         .layer(axum::extract::DefaultBodyLimit::max(upload_limit));
     // Model uploads stream to disk: no body limit, no timeout (a GGUF is gigabytes).
-    let app = app.merge(uploads).merge(routes::models::upload_router()).layer(middleware::from_fn(error::normalize_errors));
+    let app =
+        app.merge(uploads).merge(routes::models::upload_router()).layer(middleware::from_fn(error::normalize_errors));
 
     let app = app.layer(cors_layer(state.clone()));
 

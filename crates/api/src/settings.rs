@@ -215,7 +215,8 @@ impl AppState {
         let rebound = if after.lan != before.lan { Some(self.rebind(after.lan).await?) } else { None };
         let mut ev = event;
         let keys: Vec<&str> = changes.iter().map(|(k, _)| *k).collect();
-        ev.details = json!({"changed": keys, "before": *before, "after": after, "listening": rebound.map(|a| a.to_string())});
+        ev.details =
+            json!({"changed": keys, "before": *before, "after": after, "listening": rebound.map(|a| a.to_string())});
         let by = ev.actor.clone();
         let written = self
             .store()

@@ -166,8 +166,7 @@ impl AppState {
         let knowledge = Arc::new(
             maasbox_knowledge::Knowledge::open(&data_dir.join("knowledge")).context("opening the knowledge index")?,
         );
-        let settings =
-            crate::settings::Settings::load(&config, store.read_blocking(maasbox_store::settings::all)?);
+        let settings = crate::settings::Settings::load(&config, store.read_blocking(maasbox_store::settings::all)?);
         let state = AppState(Arc::new(Inner {
             data_dir: data_dir.clone(),
             store,

@@ -227,8 +227,7 @@ async fn conversations_are_private_validated_and_audited_without_their_text() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = srv.get(&format!("/api/v1/conversations/{id}"), &alice).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let left: i64 =
-        srv.db().query_row("SELECT COUNT(*) FROM conversation_messages", [], |r| r.get(0)).unwrap();
+    let left: i64 = srv.db().query_row("SELECT COUNT(*) FROM conversation_messages", [], |r| r.get(0)).unwrap();
     assert_eq!(left, 0, "messages go with their conversation");
 }
 
@@ -241,7 +240,8 @@ async fn retention_prunes_old_conversations_and_usage_at_startup() {
         let (s, v) = srv.post("/api/v1/conversations", &alice, json!({"title": title, "messages": []})).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
-    let (s, v) = srv.patch("/api/v1/settings", &admin, json!({"retention": {"conversations_days": 7, "usage_days": 0}})).await;
+    let (s, v) =
+        srv.patch("/api/v1/settings", &admin, json!({"retention": {"conversations_days": 7, "usage_days": 0}})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let dir = srv.stop().await;
     // Age one conversation past the retention (the file is the real database, server stopped).

@@ -87,7 +87,13 @@ pub fn update(
 }
 
 /// Append messages; returns the conversation after.
-pub fn append(conn: &Connection, user_id: i64, id: &str, msgs: &[Message], model: Option<&str>) -> Result<Conversation> {
+pub fn append(
+    conn: &Connection,
+    user_id: i64,
+    id: &str,
+    msgs: &[Message],
+    model: Option<&str>,
+) -> Result<Conversation> {
     let before = get(conn, user_id, id)?;
     let now = now_secs();
     let mut st = conn.prepare_cached(

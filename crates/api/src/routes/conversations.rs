@@ -180,10 +180,8 @@ async fn get_conversation(
 ) -> ApiResult<Json<ConversationDetail>> {
     p.authorize(&st, Permission::Inference, "conversation.read").await?;
     let uid = user_of(&p)?;
-    let (conversation, messages) = st
-        .store()
-        .read(move |c| Ok((conversations::get(c, uid, &id)?, conversations::messages(c, uid, &id)?)))
-        .await?;
+    let (conversation, messages) =
+        st.store().read(move |c| Ok((conversations::get(c, uid, &id)?, conversations::messages(c, uid, &id)?))).await?;
     Ok(Json(ConversationDetail { conversation, messages }))
 }
 
@@ -238,7 +236,11 @@ async fn append_messages(
 
 #[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "conversations", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
-async fn delete_conversation(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_conversation(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     p.authorize(&st, Permission::Inference, "conversation.delete").await?;
     let uid = user_of(&p)?;
     let ev = p.event("conversation.delete", format!("conversation:{id}"), json!({}));
