@@ -19,6 +19,19 @@ mod offline;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages on its 1 GiB arena, so every thread's first small
+/// allocation faults in a whole 2 MiB page: an idle server held ~45 MiB of mostly empty huge
+/// pages (66 MiB RSS against 27 MiB without). Turning THP off for this process is what
+/// `MIMALLOC_ALLOW_THP=0` does; done here it needs no environment. llama.cpp's buffers come from
+/// glibc's malloc and model weights are file mappings, so inference is not affected on systems
+/// where THP is `madvise` (the common default); on `always` systems its KV cache loses them too.
+fn no_huge_pages_for_the_heap() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("warning: cannot turn transparent huge pages off: {e}");
+    }
+}
+
 /// maasbox — model-as-a-service in one box.
 #[derive(Parser, Debug)]
 #[command(name = "maasbox", version, about, propagate_version = true)]
@@ -621,6 +634,7 @@ enum AdminCmd {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages_for_the_heap();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -320,7 +320,11 @@ impl Knowledge {
         };
         k.recover()?;
         k.load()?;
-        text::warm_up();
+        // The segmentation dictionary costs tens of MB: load it up front only where there is
+        // something to search (a new base loads it in the background, see create_base).
+        if !k.bases.is_empty() {
+            text::warm_up();
+        }
         Ok(k)
     }
 
@@ -431,6 +435,7 @@ impl Knowledge {
         self.bases.insert(b.name.as_bytes(), serde_json::to_vec(&b)?)?;
         self.db.flush()?;
         self.indexes.write().insert(b.id, KbIndex::new(b.dim));
+        std::thread::spawn(text::warm_up);
         Ok(b)
     }
 
