@@ -435,7 +435,7 @@ impl Knowledge {
         self.bases.insert(b.name.as_bytes(), serde_json::to_vec(&b)?)?;
         self.db.flush()?;
         self.indexes.write().insert(b.id, KbIndex::new(b.dim));
-        std::thread::spawn(text::warm_up);
+        text::warm_up_in_background();
         Ok(b)
     }
 

@@ -173,14 +173,22 @@ const CHINESE_STOPWORDS: &[&str] = &[
     "他们", "它们", "这", "那", "之", "以", "于", "其", "被", "把", "让", "从", "到", "对", "为", "又", "并",
 ];
 
+static JIEBA: OnceLock<Jieba> = OnceLock::new();
+
 fn jieba() -> &'static Jieba {
-    static J: OnceLock<Jieba> = OnceLock::new();
-    J.get_or_init(Jieba::new)
+    JIEBA.get_or_init(Jieba::new)
 }
 
 /// Load the segmentation dictionary now (it takes a moment) rather than on the first search.
 pub fn warm_up() {
     let _ = jieba();
+}
+
+/// [`warm_up`] on a background thread, unless the dictionary is already loaded.
+pub fn warm_up_in_background() {
+    if JIEBA.get().is_none() {
+        std::thread::spawn(warm_up);
+    }
 }
 
 fn is_han(c: char) -> bool {
