@@ -438,3 +438,43 @@ async fn a_full_context_drops_idle_caches_then_ends_the_youngest_request() {
     let fails = srv.events(&admin, "inference.chat").await;
     assert_eq!(fails.iter().filter(|e| e["outcome"] == "failure").count(), refused, "each refusal is audited");
 }
+
+/// llama.cpp caps a context's batch at its size: prompts that arrive together and add up to
+/// more than a small unified context must be split across steps, never handed to one decode
+/// (which aborts the process). Each request is served or refused with 503, and the engine
+/// stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_arriving_together_never_exceed_a_small_context_in_one_step() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (srv, admin) = server_with(|c| {
+        c.engine.parallel = 4;
+        c.engine.context_size = 256;
+        c.engine.batch_size = 2048;
+        c.engine.kv_unified = true;
+    })
+    .await;
+    let prompt = |n: usize| format!("Note {n}. {}", "The quick brown fox jumps over the lazy dog. ".repeat(8));
+    let (s, v) = chat(&srv, &admin, endless(&prompt(0), 1)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let one = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(one * 3 > 256 && one < 128, "three prompts must overflow the context together ({one} tokens each)");
+    for round in 0..3 {
+        let futs: Vec<_> = (0..4).map(|n| chat(&srv, &admin, endless(&prompt(10 * round + n + 1), 4))).collect();
+        let mut served = 0;
+        for (s, v) in futures::future::join_all(futs).await {
+            match s {
+                StatusCode::OK => {
+                    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+                    served += 1;
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(v["error"]["message"].as_str().unwrap().contains("is full"), "{v}")
+                }
+                other => panic!("unexpected {other}: {v}"),
+            }
+        }
+        assert!(served >= 1, "round {round}: nothing served");
+    }
+    let (s, v) = chat(&srv, &admin, endless(&prompt(99), 8)).await;
+    assert_eq!((s, v["usage"]["completion_tokens"].as_u64()), (StatusCode::OK, Some(8)), "{v}");
+}

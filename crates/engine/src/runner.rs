@@ -183,8 +183,10 @@ pub(crate) fn run_generation(
     // the pool is unified.
     let n_ctx = if cfg.kv_unified { ctx.n_ctx() } else { ctx.n_ctx() / cfg.parallel as u32 };
     let _ = ready.send(Ok(n_ctx));
-    let n_batch = cfg.n_batch as usize;
-    let mut batch = LlamaBatch::new(n_batch.max(cfg.parallel), 1);
+    // llama.cpp caps a causal context's batch at its size (`n_batch = min(n_batch, n_ctx)`) and
+    // aborts the process on a larger decode: every step stays within what the context took.
+    let n_batch = (ctx.n_batch() as usize).max(1);
+    let mut batch = LlamaBatch::new(n_batch, 1);
     let mut slots: Vec<Slot> = (0..cfg.parallel as i32).map(Slot::new).collect();
     let mut pending: VecDeque<GenJob> = VecDeque::new();
     let vocab = model.vocab();
@@ -276,6 +278,9 @@ pub(crate) fn run_generation(
             s.served = now;
         }
         for s in slots.iter_mut().filter(|s| s.phase == Phase::Generating && s.adapter == group) {
+            if batch.n_tokens() as usize >= n_batch {
+                break; // more slots than the batch holds: the rest go next step
+            }
             s.i_batch = Some(batch.n_tokens());
             ok &= batch.add(s.last, s.cached.len() as i32, &[s.id], true).is_ok();
             s.cached.push(s.last);
